@@ -1,0 +1,5 @@
+import sys
+
+from rlvlm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,37 @@
+"""Resolve a recipe's model section to a directory or hub id that `from_pretrained` can load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rlvlm.recipe import ModelSection, RecipeError, WarmStartSection
+
+TINY_NAMES = {"tiny", "rlvlm/tiny-qwen2.5-vl"}
+
+
+def is_tiny(section: ModelSection) -> bool:
+    return section.name in TINY_NAMES
+
+
+def check_model_name(section: ModelSection) -> None:
+    """Fail fast (before anything is built) on a model path that cannot exist."""
+    name = section.name
+    if is_tiny(section):
+        return
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).suffix
+    if looks_local and not Path(name).expanduser().exists():
+        raise RecipeError(f"Model path '{name}' does not exist.")
+
+
+def resolve_model(section: ModelSection, warm_start: WarmStartSection, progress: bool = True) -> str:
+    """The tiny alias builds (and warm-starts) the embedded model, cached; anything else passes through."""
+    if not is_tiny(section):
+        return str(Path(section.name).expanduser()) if Path(section.name).expanduser().exists() else section.name
+    from rlvlm.tiny import build_tiny
+
+    path = build_tiny(seed=section.seed, progress=progress)
+    if warm_start.enabled:
+        from rlvlm.warmstart import warm_start as run_warm_start
+
+        path = run_warm_start(path, warm_start, progress=progress)
+    return str(path)

@@ -1,0 +1,240 @@
+"""Recipes: one YAML file per run.
+
+Top-level keys are either rlvlm's own sections (`model`, `warm_start`, `data`, `rewards`,
+`augmentation`, `evaluation`) or `trl.GRPOConfig` fields, which pass straight through to TRL.
+Command-line overrides `--key value` (dotted for sections: `--model.name ID`) are applied on top.
+Every problem is reported as a `RecipeError` before any model is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+
+class RecipeError(ValueError):
+    """A recipe or override that cannot be used. The CLI prints it and exits with status 2."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelSection(Section):
+    name: str = "tiny"  # "tiny" (the embedded Qwen2.5-VL), a hub id, or a local path
+    seed: int = 0  # seeds the tiny model's weights and tokenizer corpus
+    dtype: str = "auto"
+    freeze_vision: bool = False
+
+
+class WarmStartSection(Section):
+    """Supervised warm-start (TRL SFTTrainer on templated CoTs) of the tiny model; cached."""
+
+    enabled: bool = True
+    n_examples: int = Field(4000, gt=0)
+    epochs: float = Field(3.0, gt=0)
+    learning_rate: float = Field(2e-3, gt=0)
+    batch_size: int = Field(32, gt=0)
+    seed: int = 0
+
+
+class DatasetSpec(Section):
+    name: str = "shapes"
+    split: str = "train"
+    n: int = Field(2000, gt=0)
+    seed: int = 0
+
+
+class DataSection(Section):
+    train: DatasetSpec = DatasetSpec()
+    eval: list[DatasetSpec] = [DatasetSpec(split="eval", n=200)]
+
+
+class RewardSpec(Section):
+    name: str  # a registered name, `module:function`, or `path/to/file.py:function`
+    weight: float = 1.0
+    kwargs: dict[str, Any] = {}
+
+
+class AugmentationSection(Section):
+    probs: dict[str, float] = {}
+
+
+class EvaluationSection(Section):
+    enabled: bool = True
+    conditions: list[str] | None = None  # None: all eight
+    max_new_tokens: int = 64
+    batch_size: int = 64
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "model": ModelSection,
+    "warm_start": WarmStartSection,
+    "data": DataSection,
+    "augmentation": AugmentationSection,
+    "evaluation": EvaluationSection,
+}
+LIST_SECTIONS: dict[str, type[Section]] = {"rewards": RewardSpec}
+DEFAULT_REWARDS = [RewardSpec(name="accuracy", weight=1.0), RewardSpec(name="format", weight=0.1)]
+
+
+@dataclasses.dataclass
+class Recipe:
+    name: str
+    model: ModelSection
+    warm_start: WarmStartSection
+    data: DataSection
+    rewards: list[RewardSpec]
+    augmentation: AugmentationSection
+    evaluation: EvaluationSection
+    grpo: dict[str, Any]  # validated GRPOConfig keyword arguments
+    path: Path | None = None
+
+    def grpo_config(self):
+        from trl import GRPOConfig
+
+        return GRPOConfig(**self.grpo)
+
+
+def _grpo_fields() -> dict[str, Any]:
+    from trl import GRPOConfig
+
+    hints = typing.get_type_hints(GRPOConfig)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(GRPOConfig) if f.init}
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> RecipeError:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return RecipeError(f"Unknown key '{key}' in {where}.{hint}")
+
+
+def parse_value(text: str) -> Any:
+    """Command-line values are read as YAML scalars: 4 -> int, 1e-5 -> float, true -> bool."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str) and _looks_like_float(value):
+        return float(value)
+    return value
+
+
+def _looks_like_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_overrides(args: list[str]) -> dict[str, Any]:
+    """`--key value` / `--key=value` pairs into a dict (dotted keys kept as they are)."""
+    overrides, i = {}, 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise RecipeError(f"Expected an override '--key value', got '{arg}'.")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(args) or args[i + 1].startswith("--"):
+                raise RecipeError(f"Override '--{key}' has no value.")
+            value = args[i + 1]
+            i += 1
+        overrides[key] = parse_value(value)
+        i += 1
+    return overrides
+
+
+def _set_dotted(raw: dict, key: str, value: Any) -> None:
+    head, _, rest = key.partition(".")
+    if not rest:
+        raw[head] = value
+        return
+    if head in LIST_SECTIONS:
+        raise RecipeError(f"'{head}' is a list; override it as a whole, e.g. --{head} '[{{name: accuracy}}]'.")
+    if head not in SECTIONS:
+        raise _unknown_key(head, sorted(SECTIONS), "the recipe's sections")
+    section = raw.setdefault(head, {}) or {}
+    if not isinstance(section, dict):
+        raise RecipeError(f"Section '{head}' must be a mapping, got {type(section).__name__}.")
+    raw[head] = section
+    _set_dotted(section, rest, value)
+
+
+def _format_validation(where: str, error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        loc = ".".join(str(p) for p in item["loc"])
+        name = f"{where}.{loc}" if loc else where
+        if item["type"] == "extra_forbidden":
+            problems.append(f"unknown key '{name}'")
+        else:
+            problems.append(f"'{name}': {item['msg']} (got {item.get('input')!r})")
+    return "; ".join(problems)
+
+
+def _validate_section(name: str, cls: type[Section], value: Any) -> Section:
+    if value is None:
+        return cls()
+    if isinstance(value, dict):
+        valid = list(cls.model_fields)
+        for key in value:
+            if key not in valid:
+                raise _unknown_key(f"{name}.{key}", [f"{name}.{k}" for k in valid], f"section '{name}'")
+    try:
+        return cls.model_validate(value)
+    except ValidationError as e:
+        raise RecipeError(f"Invalid recipe section '{name}': {_format_validation(name, e)}.") from None
+
+
+def build_recipe(raw: dict[str, Any], path: Path | None = None) -> Recipe:
+    grpo_fields = _grpo_fields()
+    own = {"name", *SECTIONS, *LIST_SECTIONS}
+    for key in raw:
+        if key not in own and key not in grpo_fields:
+            raise _unknown_key(key, sorted(own | set(grpo_fields)), "the recipe")
+
+    name = raw.get("name") or (path.stem if path else "run")
+    if not isinstance(name, str):
+        raise RecipeError(f"'name' must be a string, got {name!r}.")
+    sections = {key: _validate_section(key, cls, raw.get(key)) for key, cls in SECTIONS.items()}
+    rewards_raw = raw.get("rewards")
+    if rewards_raw is None:
+        rewards = list(DEFAULT_REWARDS)
+    elif not isinstance(rewards_raw, list) or not rewards_raw:
+        raise RecipeError("'rewards' must be a non-empty list of {name, weight, kwargs} entries.")
+    else:
+        rewards = [_validate_section(f"rewards[{i}]", RewardSpec, r) for i, r in enumerate(rewards_raw)]
+
+    grpo = {}
+    for key, value in raw.items():
+        if key in grpo_fields:
+            try:
+                grpo[key] = TypeAdapter(grpo_fields[key]).validate_python(value)
+            except ValidationError as e:
+                msg = e.errors()[0]["msg"]
+                raise RecipeError(f"Invalid value for '{key}': {value!r} ({msg}).") from None
+    grpo.setdefault("output_dir", str(Path("runs") / name))
+    return Recipe(name=name, rewards=rewards, grpo=grpo, path=path, **sections)
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"Recipe file '{path}' does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"Recipe '{path}' is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"Recipe '{path}' must be a YAML mapping of keys to values, got {type(raw).__name__}.")
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    return build_recipe(raw, path)

@@ -1,0 +1,115 @@
+"""`rlvlm train`: recipe -> dataset -> TRL GRPOTrainer with rewards -> checkpoints."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from rlvlm.recipe import Recipe, RecipeError
+
+log = logging.getLogger("rlvlm")
+
+
+def grpo_rows(examples: list[dict], seed: int) -> list[dict]:
+    """Canonical examples -> GRPOTrainer rows: a conversational prompt, the image, and reward columns."""
+    from rlvlm.perturb import perturb
+
+    rows = []
+    for i, ex in enumerate(examples):
+        p = perturb(ex, "base", seed=seed + i)
+        rows.append(
+            {
+                "id": p["id"],
+                "prompt": p["prompt"],
+                "image": p["image"],
+                "answer": p["answer"],
+                "options": p["options"],
+                "think_prefix": p["think_prefix"],
+                "condition": p["condition"],
+            }
+        )
+    return rows
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not output_dir.is_dir():
+        return None
+    found = get_last_checkpoint(str(output_dir))
+    return Path(found) if found else None
+
+
+def check_run_dir(recipe: Recipe) -> bool | str:
+    """An existing run is resumed only when asked; it is never silently overwritten.
+
+    Returns the value to pass as `resume_from_checkpoint` to `Trainer.train`."""
+    output_dir = Path(recipe.grpo["output_dir"])
+    resume = recipe.grpo.get("resume_from_checkpoint")
+    has_content = output_dir.is_dir() and any(output_dir.iterdir())
+    if resume:
+        if resume in (True, "true", "True", "last"):
+            ckpt = last_checkpoint(output_dir)
+            if ckpt is None:
+                raise RecipeError(f"Cannot resume: '{output_dir}' holds no checkpoint-* directory.")
+            return str(ckpt)
+        if not Path(resume).is_dir():
+            raise RecipeError(f"Cannot resume: checkpoint '{resume}' does not exist.")
+        return str(resume)
+    if has_content:
+        raise RecipeError(
+            f"Run directory '{output_dir}' already exists and is not empty. Resume it with "
+            "'--resume_from_checkpoint true', or choose another '--output_dir'."
+        )
+    return False
+
+
+def validate(recipe: Recipe) -> None:
+    """Every check that can fail on user input, before anything heavy is built."""
+    from rlvlm.composition import load_rewards
+    from rlvlm.data.load import check_dataset
+    from rlvlm.models import check_model_name
+
+    check_model_name(recipe.model)
+    check_dataset(recipe.data.train)
+    for spec in recipe.data.eval:
+        check_dataset(spec)
+    load_rewards(recipe.rewards)
+    try:
+        recipe.grpo_config()
+    except (ValueError, TypeError) as e:
+        raise RecipeError(f"Invalid GRPO settings: {e}") from None
+
+
+def build_trainer(recipe: Recipe, progress: bool = True):
+    from datasets import Dataset
+    from transformers import AutoProcessor
+    from trl import GRPOTrainer
+
+    from rlvlm.composition import load_rewards
+    from rlvlm.data.load import load_examples
+    from rlvlm.models import resolve_model
+
+    model_path = resolve_model(recipe.model, recipe.warm_start, progress=progress)
+    processor = AutoProcessor.from_pretrained(model_path)
+    processor.tokenizer.padding_side = "left"
+    config = recipe.grpo_config()
+    reward_funcs, weights = load_rewards(recipe.rewards)
+    config.reward_weights = weights
+    train = Dataset.from_list(grpo_rows(load_examples(recipe.data.train), seed=config.seed))
+    return GRPOTrainer(
+        model=model_path,
+        reward_funcs=reward_funcs,
+        args=config,
+        train_dataset=train,
+        processing_class=processor,
+    )
+
+
+def train(recipe: Recipe, progress: bool = True) -> Path:
+    validate(recipe)
+    resume = check_run_dir(recipe)
+    trainer = build_trainer(recipe, progress=progress)
+    trainer.train(resume_from_checkpoint=resume or None)
+    trainer.save_state()
+    return Path(recipe.grpo["output_dir"])
