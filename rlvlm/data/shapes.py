@@ -1,0 +1,571 @@
+""""shapes": the embedded procedural visual-reasoning benchmark.
+
+Scenes are drawn with Pillow so that a tiny Qwen2.5-VL (patch 14, spatial
+merge 2: one merged vision token per 28x28 pixel cell) can read them: a white
+``image_size`` square split into a ``grid`` x ``grid`` lattice of cells, each
+holding at most one solid shape centred in the cell.
+
+Every example carries its scene graph, so the gold answer, and correct or
+deliberately wrong reasoning and captions, are generated exactly:
+
+- ``generate_examples``  canonical multiple-choice examples, deterministic per
+  (split, index, seed), with disjoint splits;
+- ``render``             scene graph -> image;
+- ``cot_for`` / ``caption_for``   reasoning / one-sentence caption toward any
+  option letter (true for the gold letter, concretely false otherwise);
+- ``check_answer``       an independent re-derivation of the gold letter, by
+  default from the rendered pixels;
+- ``statement_is_true``  checks a caption or a reasoning text against the
+  scene graph.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+
+from PIL import Image, ImageDraw
+
+SOURCE = "shapes"
+COLORS = ("red", "green", "blue", "yellow")
+SHAPES = ("circle", "square", "triangle", "diamond")
+FAMILIES = ("count", "attribute", "position", "compare")
+RELATIONS = ("left of", "right of", "above", "below")
+LETTERS = "ABCD"
+GRID = 4
+MIN_OBJECTS, MAX_OBJECTS = 3, 6
+RGB = {
+    "red": (255, 0, 0),
+    "green": (0, 255, 0),
+    "blue": (0, 0, 255),
+    "yellow": (255, 255, 0),
+}
+BACKGROUND = (255, 255, 255)
+# Share of the (scene, question) key space owned by each split: a key belongs
+# to exactly one split, so splits are disjoint whatever their sizes and seeds.
+SPLITS = ("train", "eval", "test")
+_SPLIT_OF_BUCKET = ("train", "train", "train", "eval", "test")
+
+_NUMBER_WORDS = ("no", "one", "two", "three", "four", "five", "six", "seven",
+                 "eight", "nine", "ten")
+
+
+# --------------------------------------------------------------------------
+# rendering
+
+
+def render(scene: dict, image_size: int = 112) -> Image.Image:
+    """Draw a scene graph: a pure function of ``scene`` and ``image_size``."""
+    grid = int(scene.get("grid", GRID))
+    cell = image_size / grid
+    radius = cell * 10 / 28
+    image = Image.new("RGB", (image_size, image_size), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    for obj in scene["objects"]:
+        cx = (obj["col"] + 0.5) * cell
+        cy = (obj["row"] + 0.5) * cell
+        fill = RGB[obj["color"]]
+        shape = obj["shape"]
+        r = radius
+        if shape == "circle":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+        elif shape == "square":
+            h = 0.85 * r
+            draw.rectangle([cx - h, cy - h, cx + h, cy + h], fill=fill)
+        elif shape == "triangle":
+            draw.polygon([(cx, cy - r), (cx + r, cy + 0.8 * r), (cx - r, cy + 0.8 * r)],
+                         fill=fill)
+        elif shape == "diamond":
+            draw.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
+        else:
+            raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    return image
+
+
+# --------------------------------------------------------------------------
+# scene and question generation (constructive: the gold answer is known by
+# construction; check_answer re-derives it independently)
+
+
+def _plural(shape: str) -> str:
+    return shape + "s"
+
+
+def _place(rng: random.Random, attrs: list[tuple[str, str]], grid: int,
+           fixed: list[tuple[tuple[str, str], int, int]] = ()) -> list[dict]:
+    """Put attrs in random free cells (plus fixed objects), sorted by cell."""
+    used = {(r, c) for _, r, c in fixed}
+    free = [(r, c) for r in range(grid) for c in range(grid) if (r, c) not in used]
+    cells = rng.sample(free, len(attrs))
+    placed = [(a, r, c) for a, (r, c) in zip(attrs, cells)] + list(fixed)
+    placed.sort(key=lambda t: (t[1], t[2]))
+    return [{"color": a[0], "shape": a[1], "row": r, "col": c} for a, r, c in placed]
+
+
+def _random_attr(rng: random.Random, avoid) -> tuple[str, str]:
+    while True:
+        attr = (rng.choice(COLORS), rng.choice(SHAPES))
+        if not avoid(attr):
+            return attr
+
+
+def _gen_count(rng: random.Random, grid: int):
+    kind = rng.choice(("color_shape", "color", "shape"))
+    color, shape = rng.choice(COLORS), rng.choice(SHAPES)
+    if kind == "color_shape":
+        match = lambda a: a == (color, shape)  # noqa: E731
+        question = f"How many {color} {_plural(shape)} are there?"
+    elif kind == "color":
+        match = lambda a: a[0] == color  # noqa: E731
+        question = f"How many {color} objects are there?"
+    else:
+        match = lambda a: a[1] == shape  # noqa: E731
+        question = f"How many {_plural(shape)} are there?"
+    count = rng.randint(0, 4)
+    n = rng.randint(max(MIN_OBJECTS, count), MAX_OBJECTS)
+    attrs = []
+    for _ in range(count):
+        attrs.append((color, shape) if kind == "color_shape"
+                     else (color, rng.choice(SHAPES)) if kind == "color"
+                     else (rng.choice(COLORS), shape))
+    attrs += [_random_attr(rng, match) for _ in range(n - count)]
+    rng.shuffle(attrs)
+    start = rng.randint(max(0, count - 3), min(count, 2))
+    numbers = [str(k) for k in range(start, start + 4)]
+    gold = str(count)
+    return _place(rng, attrs, grid), question, gold, [x for x in numbers if x != gold], True
+
+
+def _gen_attribute(rng: random.Random, grid: int):
+    n = rng.randint(MIN_OBJECTS, MAX_OBJECTS)
+    if rng.random() < 0.5:
+        shape, color = rng.choice(SHAPES), rng.choice(COLORS)
+        attrs = [(color, shape)] + [_random_attr(rng, lambda a: a[1] == shape) for _ in range(n - 1)]
+        question = f"What colour is the {shape}?"
+        gold, pool = color, COLORS
+    else:
+        shape, color = rng.choice(SHAPES), rng.choice(COLORS)
+        attrs = [(color, shape)] + [_random_attr(rng, lambda a: a[0] == color) for _ in range(n - 1)]
+        question = f"What shape is the {color} object?"
+        gold, pool = shape, SHAPES
+    rng.shuffle(attrs)
+    distractors = [x for x in pool if x != gold]
+    rng.shuffle(distractors)
+    return _place(rng, attrs, grid), question, gold, distractors, False
+
+
+def _gen_position(rng: random.Random, grid: int):
+    relation = rng.choice(RELATIONS)
+    a = (rng.choice(COLORS), rng.choice(SHAPES))
+    b = _random_attr(rng, lambda x: x == a)
+    line = rng.randrange(grid)
+    lo, hi = sorted(rng.sample(range(grid), 2))
+    if relation in ("left of", "right of"):
+        first, second = (line, lo), (line, hi)     # first is left of second
+        pa, pb = (first, second) if relation == "left of" else (second, first)
+    else:
+        first, second = (lo, line), (hi, line)     # first is above second
+        pa, pb = (first, second) if relation == "above" else (second, first)
+    n = rng.randint(MIN_OBJECTS, MAX_OBJECTS)
+    others = [_random_attr(rng, lambda x: x in (a, b)) for _ in range(n - 2)]
+    objects = _place(rng, others, grid, fixed=[(a, *pa), (b, *pb)])
+    question = f"Where is the {a[0]} {a[1]} relative to the {b[0]} {b[1]}?"
+    distractors = [x for x in RELATIONS if x != relation]
+    rng.shuffle(distractors)
+    return objects, question, relation, distractors, False
+
+
+def _gen_compare(rng: random.Random, grid: int):
+    gold = rng.choice(COLORS)
+    rest = [c for c in COLORS if c != gold]
+    if rng.random() < 0.5:
+        question = "Which colour has the most objects?"
+        top = rng.randint(2, 4)
+        while True:
+            counts = [rng.randint(0, top - 1) for _ in rest]
+            if MIN_OBJECTS <= top + sum(counts) <= MAX_OBJECTS:
+                break
+    else:
+        # With at most six objects the unique minimum is an absent colour.
+        question = "Which colour has the fewest objects?"
+        top = 0
+        counts = [rng.randint(1, 2) for _ in rest]
+    attrs = [(gold, rng.choice(SHAPES)) for _ in range(top)]
+    for color, k in zip(rest, counts):
+        attrs += [(color, rng.choice(SHAPES)) for _ in range(k)]
+    rng.shuffle(attrs)
+    distractors = list(rest)
+    rng.shuffle(distractors)
+    return _place(rng, attrs, grid), question, gold, distractors, False
+
+
+_GENERATORS = {"count": _gen_count, "attribute": _gen_attribute,
+               "position": _gen_position, "compare": _gen_compare}
+
+
+def _key(scene: dict, question: str) -> str:
+    objs = sorted((o["row"], o["col"], o["color"], o["shape"]) for o in scene["objects"])
+    return json.dumps([scene["grid"], objs, question])
+
+
+def split_of(scene: dict, question: str) -> str:
+    """The split that owns a (scene, question) pair; splits never share one."""
+    digest = hashlib.sha256(_key(scene, question).encode()).digest()
+    return _SPLIT_OF_BUCKET[int.from_bytes(digest[:8], "big") % len(_SPLIT_OF_BUCKET)]
+
+
+def _example_id(split: str, index: int, seed: int) -> str:
+    return f"shapes-{split}-{index:07d}" if seed == 0 else f"shapes-{split}-s{seed}-{index:07d}"
+
+
+def generate_example(split: str, index: int, seed: int = 0, image_size: int = 112) -> dict:
+    """Example ``index`` of a split, from its own RNG (independent of others).
+
+    The family is ``FAMILIES[index % 4]`` and the gold letter
+    ``LETTERS[(index // 4) % 4]``, so families and gold letters are exactly
+    balanced over every 16 consecutive examples.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+    rng = random.Random(f"shapes|{split}|{seed}|{index}")
+    family = FAMILIES[index % len(FAMILIES)]
+    gold_pos = (index // len(FAMILIES)) % len(LETTERS)
+    while True:  # rejection: keep only pairs this split owns
+        objects, question, gold, distractors, _ = _GENERATORS[family](rng, GRID)
+        scene = {"objects": objects, "grid": GRID}
+        if split_of(scene, question) == split:
+            break
+    options = list(distractors)
+    options.insert(gold_pos, gold)
+    return {
+        "id": _example_id(split, index, seed),
+        "image": render(scene, image_size),
+        "question": question,
+        "options": options,
+        "answer": LETTERS[gold_pos],
+        "source": SOURCE,
+        "family": family,
+        "scene": scene,
+    }
+
+
+def generate_examples(split: str, n: int, seed: int = 0, image_size: int = 112) -> list[dict]:
+    """``n`` canonical examples of ``split`` ("train", "eval" or "test").
+
+    Deterministic for (split, n, seed); the first k of n equal
+    ``generate_examples(split, k, seed)``; no (scene, question) pair appears in
+    two splits.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return [generate_example(split, i, seed, image_size) for i in range(n)]
+
+
+# --------------------------------------------------------------------------
+# independent solver: question text + scene graph -> answer text
+
+_C = "|".join(COLORS)
+_S = "|".join(SHAPES)
+_Q_COUNT = re.compile(rf"^How many (?:({_C}) )?({_S}|object)s are there\?$")
+_Q_COLOR_OF = re.compile(rf"^What colou?r is the ({_S})\?$")
+_Q_SHAPE_OF = re.compile(rf"^What shape is the ({_C}) object\?$")
+_Q_WHERE = re.compile(rf"^Where is the ({_C}) ({_S}) relative to the ({_C}) ({_S})\?$")
+_Q_EXTREME = re.compile(r"^Which colou?r has the (most|fewest) objects\?$")
+
+
+def _only(objs: list[dict], what: str) -> dict:
+    if len(objs) != 1:
+        raise ValueError(f"{what}: expected exactly one object, found {len(objs)}")
+    return objs[0]
+
+
+def _color_counts(scene: dict) -> dict[str, int]:
+    counts = {c: 0 for c in COLORS}
+    for o in scene["objects"]:
+        counts[o["color"]] += 1
+    return counts
+
+
+def _relation(a: dict, b: dict) -> str:
+    if a["row"] == b["row"] and a["col"] != b["col"]:
+        return "left of" if a["col"] < b["col"] else "right of"
+    if a["col"] == b["col"] and a["row"] != b["row"]:
+        return "above" if a["row"] < b["row"] else "below"
+    raise ValueError("objects are neither in the same row nor in the same column")
+
+
+def solve(scene: dict, question: str) -> str:
+    """The answer text to ``question`` about ``scene`` (ValueError if ill-posed)."""
+    objs = scene["objects"]
+    if m := _Q_COUNT.match(question):
+        color, shape = m.group(1), m.group(2)
+        return str(sum(1 for o in objs if (color is None or o["color"] == color)
+                       and (shape == "object" or o["shape"] == shape)))
+    if m := _Q_COLOR_OF.match(question):
+        return _only([o for o in objs if o["shape"] == m.group(1)], question)["color"]
+    if m := _Q_SHAPE_OF.match(question):
+        return _only([o for o in objs if o["color"] == m.group(1)], question)["shape"]
+    if m := _Q_WHERE.match(question):
+        ca, sa, cb, sb = m.groups()
+        a = _only([o for o in objs if (o["color"], o["shape"]) == (ca, sa)], question)
+        b = _only([o for o in objs if (o["color"], o["shape"]) == (cb, sb)], question)
+        return _relation(a, b)
+    if m := _Q_EXTREME.match(question):
+        counts = _color_counts(scene)
+        best = (max if m.group(1) == "most" else min)(counts.values())
+        return _only([{"color": c} for c, k in counts.items() if k == best], question)["color"]
+    raise ValueError(f"not a shapes question: {question!r}")
+
+
+# --------------------------------------------------------------------------
+# reading a scene back from pixels
+
+
+def scene_from_image(image: Image.Image, grid: int = GRID) -> dict:
+    """Recover the scene graph from a rendered image (one blob per cell).
+
+    Each non-white pixel takes the nearest palette colour; a cell's colour is
+    its majority colour, and its shape is read from the blob's row widths
+    15% below its top and 15% above its bottom (relative to its widest row):
+    square (both wide), diamond (both narrow), triangle (narrow top, wide
+    bottom), circle (both in between).
+    """
+    import numpy as np
+
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int32)
+    height, width, _ = pixels.shape
+    palette = np.array([RGB[c] for c in COLORS], dtype=np.int32)
+    dist = ((pixels[:, :, None, :] - palette[None, None]) ** 2).sum(-1)
+    nearest = dist.argmin(-1)
+    ink = (pixels != np.array(BACKGROUND)).any(-1)
+    objects = []
+    for row in range(grid):
+        y0, y1 = round(row * height / grid), round((row + 1) * height / grid)
+        for col in range(grid):
+            x0, x1 = round(col * width / grid), round((col + 1) * width / grid)
+            mask = ink[y0:y1, x0:x1]
+            if mask.sum() < 4:
+                continue
+            votes = np.bincount(nearest[y0:y1, x0:x1][mask], minlength=len(COLORS))
+            color = COLORS[int(votes.argmax())]
+            widths = mask.sum(1)
+            rows = widths[widths > 0]
+            h, wmax = len(rows), rows.max()
+            k = round(0.15 * h)
+            top, bottom = rows[k] / wmax, rows[h - 1 - k] / wmax
+            if top > 0.9 and bottom > 0.9:
+                shape = "square"
+            elif top < 0.5 and bottom < 0.5:
+                shape = "diamond"
+            elif top < 0.5:
+                shape = "triangle"
+            else:
+                shape = "circle"
+            objects.append({"color": color, "shape": shape, "row": row, "col": col})
+    return {"objects": objects, "grid": grid}
+
+
+def check_answer(example: dict, from_pixels: bool = True) -> str:
+    """Re-derive the gold letter independently of how the example was built.
+
+    With ``from_pixels`` (default) the scene is read back from the image;
+    otherwise the stored scene graph is used. The question is parsed and
+    solved, and the answer text is looked up among the options.
+    """
+    grid = int(example.get("scene", {}).get("grid", GRID))
+    scene = scene_from_image(example["image"], grid) if from_pixels else example["scene"]
+    text = solve(scene, example["question"])
+    hits = [LETTERS[i] for i, opt in enumerate(example["options"]) if opt == text]
+    if len(hits) != 1:
+        raise ValueError(f"answer {text!r} matches {len(hits)} options of {example['options']}")
+    return hits[0]
+
+
+# --------------------------------------------------------------------------
+# reasoning and captions toward an option
+
+
+def _letter_index(example: dict, letter: str) -> int:
+    letter = letter.strip().upper()
+    if len(letter) != 1 or not ("A" <= letter < chr(ord("A") + len(example["options"]))):
+        raise ValueError(f"letter {letter!r} is not an option of {example['id']}")
+    return ord(letter) - ord("A")
+
+
+def _count_subject(question: str) -> tuple[str, str]:
+    """(plural, singular) description of what a count question counts."""
+    m = _Q_COUNT.match(question)
+    color, shape = m.group(1), m.group(2)
+    singular = f"{color} {shape}" if color else shape
+    return singular + "s", singular
+
+
+def _number_word(n: int) -> str:
+    return _NUMBER_WORDS[n] if 0 <= n < len(_NUMBER_WORDS) else str(n)
+
+
+def _claimed_counts(example: dict, letter: str) -> dict[str, int]:
+    """Per-colour counts that make ``letter`` the extreme: the truth for gold,
+    the truth with the gold and claimed colours' counts swapped otherwise."""
+    counts = _color_counts(example["scene"])
+    claimed = example["options"][_letter_index(example, letter)]
+    gold = solve(example["scene"], example["question"])
+    counts[gold], counts[claimed] = counts[claimed], counts[gold]
+    return counts
+
+
+def _conclusion(example: dict, letter: str) -> str:
+    text = example["options"][_letter_index(example, letter)]
+    return f"So the answer is ({letter.strip().upper()}) {text}."
+
+
+def cot_for(example: dict, letter: str, seed: int = 0) -> str:
+    """Short step-by-step reasoning (no tags) toward option ``letter``.
+
+    For the gold letter every stated fact holds in the scene; for a wrong
+    letter it states concrete false facts implying that option. It ends with
+    "So the answer is (X) <option text>."
+    """
+    idx = _letter_index(example, letter)
+    option = example["options"][idx]
+    q = example["question"]
+    v = seed % 2
+    if _Q_COUNT.match(q):
+        plural, _ = _count_subject(q)
+        n = int(option)
+        body = (f"I count the {plural}: there {'is' if n == 1 else 'are'} {n}." if v == 0
+                else f"Let me count the {plural}. I see {n}.")
+    elif m := _Q_COLOR_OF.match(q):
+        shape = m.group(1)
+        body = (f"I look for the {shape}. It is {option}." if v == 0
+                else f"The only {shape} in the picture is {option}.")
+    elif m := _Q_SHAPE_OF.match(q):
+        color = m.group(1)
+        body = (f"I look for the {color} object. It is a {option}." if v == 0
+                else f"The only {color} object in the picture is a {option}.")
+    elif m := _Q_WHERE.match(q):
+        a, b = f"{m.group(1)} {m.group(2)}", f"{m.group(3)} {m.group(4)}"
+        line = "row" if option in ("left of", "right of") else "column"
+        direction = {"left of": "left", "right of": "right", "above": "up", "below": "down"}[option]
+        body = (f"The {a} and the {b} share a {line}; the {a} is further {direction}." if v == 0
+                else f"I find the {a} and the {b}. The {a} is {option} the {b}.")
+    elif m := _Q_EXTREME.match(q):
+        counts = _claimed_counts(example, letter)
+        listed = ", ".join(f"{c} {counts[c]}" for c in COLORS)
+        lead = "Counting by colour" if v == 0 else "I count each colour"
+        body = f"{lead}: {listed}. {option.capitalize()} has the {m.group(1)}."
+    else:
+        raise ValueError(f"not a shapes question: {q!r}")
+    return f"{body} {_conclusion(example, letter)}"
+
+
+def caption_for(example: dict, letter: str, seed: int = 0) -> str:
+    """One sentence asserting a concrete fact that implies option ``letter``
+    (true for the gold letter, false for any other)."""
+    idx = _letter_index(example, letter)
+    option = example["options"][idx]
+    q = example["question"]
+    v = seed % 2
+    if _Q_COUNT.match(q):
+        plural, singular = _count_subject(q)
+        n = int(option)
+        if v == 0:
+            return f"There {'is' if n == 1 else 'are'} {_number_word(n)} {singular if n == 1 else plural}."
+        return f"The picture shows exactly {n} {singular if n == 1 else plural}."
+    if m := _Q_COLOR_OF.match(q):
+        shape = m.group(1)
+        return f"The {shape} is {option}." if v == 0 else f"The {shape} in the picture is coloured {option}."
+    if m := _Q_SHAPE_OF.match(q):
+        color = m.group(1)
+        return (f"The {color} object is a {option}." if v == 0
+                else f"The {color} object in the picture is a {option}.")
+    if m := _Q_WHERE.match(q):
+        a, b = f"{m.group(1)} {m.group(2)}", f"{m.group(3)} {m.group(4)}"
+        return f"The {a} is {option} the {b}." if v == 0 else f"The {a} is located {option} the {b}."
+    if m := _Q_EXTREME.match(q):
+        most = m.group(1) == "most"
+        if v == 0:
+            return f"There are {'more' if most else 'fewer'} {option} objects than objects of any other colour."
+        return f"{option.capitalize()} is the {'most' if most else 'least'} common colour in the picture."
+    raise ValueError(f"not a shapes question: {q!r}")
+
+
+# --------------------------------------------------------------------------
+# checking captions and reasoning against the scene graph
+
+_CONCLUSION = re.compile(r"[^.;]*\banswer is \(([A-Z])\)[^.]*\.?", re.IGNORECASE)
+_NUM = r"(\d+|" + "|".join(_NUMBER_WORDS) + r")"
+_COUNT_CLAIMS = (re.compile(rf"\bthere (?:is|are) {_NUM}\b", re.I),
+                 re.compile(rf"\bI see {_NUM}\b", re.I),
+                 re.compile(rf"\bexactly {_NUM}\b", re.I))
+_REL_CLAIMS = {
+    "left of": re.compile(r"\b(?:left of|further left)\b", re.I),
+    "right of": re.compile(r"\b(?:right of|further right)\b", re.I),
+    "above": re.compile(r"\b(?:above|further up)\b", re.I),
+    "below": re.compile(r"\b(?:below|further down)\b", re.I),
+}
+_LINE_CLAIM = re.compile(r"\bshare a (row|column)\b", re.I)
+_COLOR_COUNT_CLAIM = re.compile(rf"\b({_C}) (\d+)\b", re.I)
+_EXTREME_CLAIMS = (
+    (re.compile(rf"\b({_C}) has the (most|fewest)\b", re.I), None),
+    (re.compile(rf"\b(?:there are )?(more|fewer) ({_C}) objects than\b", re.I), "swap"),
+    (re.compile(rf"\b({_C}) is the (most|least) common colou?r\b", re.I), None),
+)
+
+
+def _word(pattern: str, text: str) -> list[str]:
+    return [w.lower() for w in re.findall(rf"\b({pattern})\b", text, re.I)]
+
+
+def statement_is_true(example: dict, text: str, include_conclusion: bool = True) -> bool:
+    """Whether every checkable claim in ``text`` (a caption or a reasoning
+    text) holds in the example's scene graph.
+
+    Claims are read per question family (counts, colours, shapes, relations,
+    per-colour counts, extremes); with ``include_conclusion`` a concluding
+    "answer is (X)" must name the option that the scene implies. Raises
+    ValueError when the text contains no checkable claim.
+    """
+    scene, q = example["scene"], example["question"]
+    truth = solve(scene, q)
+    checks: list[bool] = []
+    for m in _CONCLUSION.finditer(text):
+        if include_conclusion:
+            checks.append(example["options"][_letter_index(example, m.group(1))] == truth)
+    body = _CONCLUSION.sub(" ", text)
+    if _Q_COUNT.match(q):
+        for pattern in _COUNT_CLAIMS:
+            for w in pattern.findall(body):
+                w = w.lower()
+                n = int(w) if w.isdigit() else _NUMBER_WORDS.index(w)
+                checks.append(n == int(truth))
+    elif _Q_COLOR_OF.match(q):
+        checks += [c == truth for c in _word(_C, body)]
+    elif _Q_SHAPE_OF.match(q):
+        checks += [s == truth for s in _word(_S, body)]
+    elif _Q_WHERE.match(q):
+        for rel, pattern in _REL_CLAIMS.items():
+            checks += [rel == truth for _ in pattern.findall(body)]
+        for line in _LINE_CLAIM.findall(body):
+            horizontal = truth in ("left of", "right of")
+            checks.append((line.lower() == "row") == horizontal)
+    elif _Q_EXTREME.match(q):
+        counts = _color_counts(scene)
+        for color, k in _COLOR_COUNT_CLAIM.findall(body):
+            checks.append(counts[color.lower()] == int(k))
+        for pattern, order in _EXTREME_CLAIMS:
+            for g in pattern.findall(body):
+                kind, color = (g[0], g[1]) if order == "swap" else (g[1], g[0])
+                kind, color = kind.lower(), color.lower()
+                others = [k for c, k in counts.items() if c != color]
+                if kind in ("most", "more"):
+                    checks.append(counts[color] > max(others))
+                else:
+                    checks.append(counts[color] < min(others))
+    else:
+        raise ValueError(f"not a shapes question: {q!r}")
+    if not checks:
+        raise ValueError(f"no checkable claim in {text!r}")
+    return all(checks)

@@ -1,0 +1,135 @@
+"""The embedded "shapes" benchmark: determinism, splits, balance, answers,
+and the truth of generated reasoning and captions."""
+
+from collections import Counter
+
+import pytest
+from PIL import Image
+
+from rlvlm.data import shapes
+
+N = 400
+
+
+@pytest.fixture(scope="module")
+def train():
+    return shapes.generate_examples("train", N, seed=0)
+
+
+def _strip(ex):
+    return {k: v for k, v in ex.items() if k != "image"}
+
+
+def test_canonical_fields(train):
+    ex = train[0]
+    assert ex["id"] == "shapes-train-0000000"
+    assert isinstance(ex["image"], Image.Image) and ex["image"].mode == "RGB"
+    assert ex["image"].size == (112, 112)
+    assert ex["source"] == "shapes"
+    assert len(ex["options"]) == 4 and all(isinstance(o, str) for o in ex["options"])
+    assert len(set(ex["options"])) == 4
+    assert ex["answer"] in "ABCD"
+    assert ex["scene"]["grid"] == 4
+    assert len({e["id"] for e in train}) == N
+    for e in train:
+        objs = e["scene"]["objects"]
+        assert 3 <= len(objs) <= 6
+        assert len({(o["row"], o["col"]) for o in objs}) == len(objs)
+        assert all(o["color"] in shapes.COLORS and o["shape"] in shapes.SHAPES for o in objs)
+
+
+def test_deterministic(train):
+    again = shapes.generate_examples("train", N, seed=0)
+    assert [_strip(e) for e in again] == [_strip(e) for e in train]
+    assert all(a["image"].tobytes() == b["image"].tobytes() for a, b in zip(again[:50], train[:50]))
+    other = shapes.generate_examples("train", 50, seed=1)
+    assert [_strip(e)["scene"] for e in other] != [_strip(e)["scene"] for e in train[:50]]
+
+
+def test_prefix_property(train):
+    assert [_strip(e) for e in shapes.generate_examples("train", 37)] == [_strip(e) for e in train[:37]]
+
+
+def test_render_is_pure(train):
+    ex = train[5]
+    assert shapes.render(ex["scene"]).tobytes() == ex["image"].tobytes()
+    assert shapes.render(ex["scene"], image_size=224).size == (224, 224)
+
+
+def test_splits_disjoint(train):
+    def keys(exs):
+        return {shapes._key(e["scene"], e["question"]) for e in exs}
+
+    tr = keys(train) | keys(shapes.generate_examples("train", 300, seed=7))
+    ev = keys(shapes.generate_examples("eval", 300)) | keys(shapes.generate_examples("eval", 300, seed=7))
+    te = keys(shapes.generate_examples("test", 300))
+    assert not tr & ev and not tr & te and not ev & te
+    with pytest.raises(ValueError):
+        shapes.generate_examples("validation", 1)
+
+
+def test_balance(train):
+    letters = Counter(e["answer"] for e in train)
+    assert set(letters) == set("ABCD")
+    assert all(0.2 <= letters[k] / N <= 0.3 for k in "ABCD"), letters
+    families = Counter(e["family"] for e in train)
+    assert set(families) == set(shapes.FAMILIES)
+    assert all(0.2 <= families[f] / N <= 0.3 for f in shapes.FAMILIES), families
+    # the gold count itself varies in the count family
+    golds = Counter(e["options"][ord(e["answer"]) - 65] for e in train if e["family"] == "count")
+    assert len(golds) >= 4, golds
+
+
+def test_answers_recheck_from_pixels(train):
+    for ex in train:
+        assert shapes.scene_from_image(ex["image"]) == ex["scene"], ex["id"]
+        assert shapes.check_answer(ex) == ex["answer"], ex["id"]
+        assert shapes.check_answer(ex, from_pixels=False) == ex["answer"], ex["id"]
+
+
+@pytest.mark.parametrize("size", [84, 224])
+def test_answers_recheck_other_sizes(size):
+    for ex in shapes.generate_examples("eval", 48, seed=2, image_size=size):
+        assert ex["image"].size == (size, size)
+        assert shapes.check_answer(ex) == ex["answer"], ex["id"]
+
+
+def test_cot_and_caption_truth(train):
+    for ex in train[:160]:
+        for letter in "ABCD":
+            gold = letter == ex["answer"]
+            for seed in (0, 1):
+                cot = shapes.cot_for(ex, letter, seed=seed)
+                text = ex["options"][ord(letter) - 65]
+                assert cot.endswith(f"So the answer is ({letter}) {text}.")
+                assert "<" not in cot
+                assert len(cot.split()) <= 26, cot
+                assert shapes.statement_is_true(ex, cot) is gold, cot
+                # the facts themselves (not only the conclusion) are true / false
+                assert shapes.statement_is_true(ex, cot, include_conclusion=False) is gold, cot
+                cap = shapes.caption_for(ex, letter, seed=seed)
+                assert cap.endswith(".") and cap.count(".") == 1
+                assert shapes.statement_is_true(ex, cap) is gold, cap
+
+
+def test_phrasings_vary_with_seed(train):
+    ex = train[0]
+    assert shapes.cot_for(ex, "A", seed=0) != shapes.cot_for(ex, "A", seed=1)
+    assert shapes.caption_for(ex, "A", seed=0) != shapes.caption_for(ex, "A", seed=1)
+    assert shapes.cot_for(ex, "A", seed=2) == shapes.cot_for(ex, "A", seed=0)
+
+
+def test_statement_checks_are_strict(train):
+    ex = next(e for e in train if e["family"] == "count")
+    with pytest.raises(ValueError):
+        shapes.statement_is_true(ex, "Nothing checkable here.")
+    with pytest.raises(ValueError):
+        shapes.cot_for(ex, "E")
+
+
+def test_generation_is_fast():
+    import time
+
+    t = time.perf_counter()
+    shapes.generate_examples("train", 2000, seed=11)
+    assert time.perf_counter() - t < 3.0
