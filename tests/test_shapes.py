@@ -24,12 +24,12 @@ def test_canonical_fields(train):
     ex = train[0]
     assert ex["id"] == "shapes-train-0000000"
     assert isinstance(ex["image"], Image.Image) and ex["image"].mode == "RGB"
-    assert ex["image"].size == (112, 112)
+    assert ex["image"].size == (shapes.IMAGE_SIZE, shapes.IMAGE_SIZE)
     assert ex["source"] == "shapes"
     assert len(ex["options"]) == 4 and all(isinstance(o, str) for o in ex["options"])
     assert len(set(ex["options"])) == 4
     assert ex["answer"] in "ABCD"
-    assert ex["scene"]["grid"] == 4
+    assert ex["scene"]["grid"] == shapes.GRID
     assert len({e["id"] for e in train}) == N
     for e in train:
         objs = e["scene"]["objects"]
@@ -133,3 +133,11 @@ def test_generation_is_fast():
     t = time.perf_counter()
     shapes.generate_examples("train", 2000, seed=11)
     assert time.perf_counter() - t < 3.0
+
+
+def test_options_in_natural_order_with_gold_at_drawn_letter():
+    """Options keep one fixed order per family; the scene is built so the gold sits at the drawn letter."""
+    orders = {tuple(shapes.COUNT_OPTIONS), tuple(shapes.COLORS), tuple(shapes.SHAPES), tuple(shapes.RELATIONS)}
+    for i, ex in enumerate(shapes.generate_examples("train", 64)):
+        assert tuple(ex["options"]) in orders
+        assert ex["answer"] == shapes.LETTERS[(i // 4) % 4]
