@@ -1,6 +1,15 @@
 """Built-in reward functions, each a plain function with TRL's reward signature.
 
 Importing this package pulls in no torch and no math-verify.
+
+- ``REWARDS``: plain functions, used as they are (a recipe's ``kwargs`` are bound to them).
+- ``REWARD_FACTORIES``: stateful rewards built from a recipe's ``kwargs`` (``"module:function"``,
+  imported only when used): the LLM judge and the counterfactual scorer.
+- ``ALIASES``: other names a recipe may use (``rule`` is the rule-based consistency scorer).
+
+The faithfulness scorers ``consistency`` (alias ``rule``), ``judge`` and ``counterfactual`` share one
+interface, ``(completions, options=None, think_prefix=None, **kwargs) -> list[float | None]``, so a
+recipe swaps them by name, e.g. as the gate of ``accuracy`` (see ``rlvlm.composition``).
 """
 
 from rewards.accuracy import accuracy_reward
@@ -13,4 +22,11 @@ REWARDS = {
     "consistency": consistency_reward,
 }
 
-__all__ = ["REWARDS", "accuracy_reward", "format_reward", "consistency_reward"]
+REWARD_FACTORIES = {
+    "judge": "rewards.judge:make_judge_reward",
+    "counterfactual": "rewards.counterfactual:make_counterfactual_reward",
+}
+
+ALIASES = {"rule": "consistency"}
+
+__all__ = ["REWARDS", "REWARD_FACTORIES", "ALIASES", "accuracy_reward", "format_reward", "consistency_reward"]
