@@ -28,6 +28,14 @@ def _eval(args: argparse.Namespace, extra: list[str]) -> int:
     return evaluate_cli(args, parse_overrides(extra))
 
 
+def _report(args: argparse.Namespace, extra: list[str]) -> int:
+    from rlvlm.report import report_cli
+
+    if extra:
+        raise RecipeError(f"Unexpected argument(s) {' '.join(extra)}; usage: rlvlm report RUN_DIR [RUN_DIR ...] [--out DIR].")
+    return report_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlvlm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,13 +54,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval",
         help="evaluate a checkpoint or model id",
-        description="Evaluate MODEL (a checkpoint directory or model id) on the recipe's eval sets.",
+        description="Evaluate MODEL (a checkpoint directory, a model id, or 'tiny') on the recipe's eval sets "
+        "under its evaluation conditions (default: all eight), writing OUT/trace.jsonl rows (the same schema as "
+        "a run's eval/trace.jsonl), OUT/records/step_XXXXXX.jsonl, OUT/auroc.jsonl and OUT/signals.jsonl. "
+        "Recipe keys can be overridden as --key value (e.g. --evaluation.max_new_tokens 32). "
+        "A step already in OUT/trace.jsonl is not evaluated again.",
     )
-    p.add_argument("model", help="checkpoint directory or model id")
-    p.add_argument("--recipe", default=None, help="recipe whose data.eval and evaluation sections to use")
-    p.add_argument("--out", default=None, help="directory for the trace and per-example records")
+    p.add_argument("model", help="checkpoint directory, model id, or 'tiny'")
+    p.add_argument("--recipe", default=None, help="recipe whose data.eval and evaluation sections to use "
+                   "(default: the built-in defaults)")
+    p.add_argument("--out", default=None, help="directory for the trace and per-example records "
+                   "(default: MODEL/eval for a directory, runs/eval/<model id> otherwise)")
+    p.add_argument("--conditions", default=None, help="comma-separated subset of the eight conditions, e.g. base,wrong_think")
+    p.add_argument("--step", type=int, default=None, help="step recorded in the rows (default: N of a checkpoint-N "
+                   "directory, else 0)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(run=_eval)
+
+    p = sub.add_parser(
+        "report",
+        help="plots and tables from evaluation traces",
+        description="Write PNG plots (accuracy-consistency trajectory, accuracy and consistency per condition, "
+        "option entropy and P(correct) over steps, shortcut signals) and report.md with tables, for one or "
+        "several runs side by side. RUN_DIR holds eval/trace.jsonl (or is a directory written by rlvlm eval).",
+    )
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
+    p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/report for one run, "
+                   "./rlvlm-report for several)")
+    p.set_defaults(run=_report)
     return parser
 
 

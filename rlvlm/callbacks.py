@@ -1,0 +1,170 @@
+"""The robustness evaluator at every checkpoint, as a `transformers.TrainerCallback`.
+
+- `on_train_begin`: evaluates the current step (0 before any update; on a resumed run, the resumed
+  checkpoint's step when the trace lacks it) unless `evaluation.at_start` is false for step 0.
+- `on_save`: evaluates every saved checkpoint.
+
+Steps already in `RUN_DIR/eval/trace.jsonl` are skipped, so a resumed run never duplicates a row.
+Scalars go to the trainer's own loggers (wandb, tensorboard, ...) as `eval/<dataset>/<condition>/<metric>`
+at the training step; with an active wandb run, a Table of sample responses per condition too.
+An evaluator error is logged (and recorded in `eval/errors.jsonl`) and training goes on, or, with
+`evaluation.on_error: stop`, the run stops with `EvaluationError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from transformers import TrainerCallback
+from transformers.trainer_callback import DefaultFlowCallback, PrinterCallback, ProgressCallback
+
+from rlvlm import evaluate as ev
+
+log = logging.getLogger("rlvlm.eval")
+
+TABLE_COLUMNS = ["step", "id", "gold", "target", "pred", "correct", "consistent", "p_correct", "response"]
+
+
+class EvalCallback(TrainerCallback):
+    """Evaluates the recipe's eval sets under its conditions at step 0 and at every save."""
+
+    def __init__(self, recipe, run_dir: str | Path | None = None, conditions=None):
+        self.recipe = recipe
+        self.section = recipe.evaluation
+        self.conditions = conditions
+        self.eval_dir = Path(run_dir or recipe.grpo["output_dir"]) / "eval"
+        self.trainer = None
+        self.evaluator: ev.Evaluator | None = None
+        self.history: list[dict] = []  # {"step", "seconds", "rows"} or {"step", "error"}, this process's view
+
+    def attach(self, trainer) -> "EvalCallback":
+        """Register on `trainer` (the trainer's accelerator, wrapped model and loggers are then used)."""
+        self.trainer = trainer
+        trainer.add_callback(self)
+        return self
+
+    # ------------------------------------------------------------------ events
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.global_step > 0 or self.section.at_start:
+            self._evaluate(args, state, control, kwargs)
+
+    def on_save(self, args, state, control, **kwargs):
+        self._evaluate(args, state, control, kwargs)
+
+    # ------------------------------------------------------------------ work
+
+    @contextlib.contextmanager
+    def _model(self, model):
+        """The trainer's model, unwrapped for generation (ZeRO-3 parameters gathered) as TRL does it."""
+        trainer = self.trainer
+        if trainer is None or getattr(trainer, "accelerator", None) is None:
+            yield model
+            return
+        from trl.models import unwrap_model_for_generation
+
+        with unwrap_model_for_generation(
+            trainer.model_wrapped,
+            trainer.accelerator,
+            gather_deepspeed3_params=getattr(trainer.args, "ds3_gather_for_generation", True),
+        ) as unwrapped:
+            yield unwrapped
+
+    def _evaluator(self, processor) -> ev.Evaluator:
+        if self.evaluator is None:
+            self.evaluator = ev.Evaluator.from_recipe(self.recipe, processor, self.conditions)
+        return self.evaluator
+
+    def _evaluate(self, args, state, control, kwargs) -> None:
+        step = int(state.global_step)
+        main = state.is_world_process_zero
+        processor = kwargs.get("processing_class")
+        if processor is None:
+            processor = getattr(self.trainer, "processing_class", None)
+        model = kwargs.get("model")
+        if model is None:
+            model = getattr(self.trainer, "model", None)
+        result, error, tb = None, None, ""
+        try:
+            evaluator = self._evaluator(processor)
+            pending = ev._broadcast(ev.todo(self.eval_dir, step, evaluator.keys()) if main else None)
+            if not pending:
+                log.info("eval step %d: already in %s; skipped", step, self.eval_dir / ev.TRACE)
+                return
+            bases = ev.base_records(self.eval_dir, step) if main else []
+            with self._model(model) as unwrapped:
+                result = evaluator.run(unwrapped, step, only=pending, base_records=bases)
+        except Exception as e:  # noqa: BLE001 - raised alike on every process (see Evaluator.run)
+            error = f"{type(e).__name__}: {e}"
+            tb = traceback.format_exc()
+        if error is None and main:
+            try:
+                ev.write_result(self.eval_dir, result)
+            except Exception as e:  # noqa: BLE001
+                error, tb = f"writing results: {type(e).__name__}: {e}", traceback.format_exc()
+        error = ev.sync_error(error)
+        if error is not None:
+            self._fail(step, error, tb, main)
+            return
+        self.history.append({"step": step, "seconds": result.seconds, "rows": len(result.trace)})
+        if main:
+            log.info("eval step %d: %d rows in %.1fs\n%s", step, len(result.trace), result.seconds, ev.format_rows(result.trace))
+        self._log(args, state, control, result, kwargs)
+
+    def _fail(self, step: int, error: str, tb: str, main: bool) -> None:
+        self.history.append({"step": step, "error": error})
+        if self.section.on_error == "stop":
+            raise ev.EvaluationError(f"evaluation at step {step} failed (evaluation.on_error: stop): {error}")
+        log.error("evaluation at step %d failed; training goes on (evaluation.on_error: log): %s\n%s", step, error, tb)
+        if main:
+            with contextlib.suppress(Exception):
+                ev.append_jsonl(self.eval_dir / ev.ERRORS, [{"step": step, "error": error, "time": time.time()}])
+
+    # ------------------------------------------------------------------ loggers
+
+    def _log(self, args, state, control, result: ev.EvalResult, kwargs) -> None:
+        """Scalars through the trainer's integration callbacks; keys `eval_<dataset>/<condition>/<metric>`,
+        which they rename to `eval/<dataset>/<condition>/<metric>` and log at `state.global_step`."""
+        logs = {f"eval_{k}": v for k, v in result.log_dict().items()}
+        skip = (EvalCallback, DefaultFlowCallback, ProgressCallback, PrinterCallback)
+        callbacks = self.trainer.callback_handler.callbacks if self.trainer is not None else []
+        for cb in callbacks:
+            if isinstance(cb, skip) or type(cb).__name__.endswith(("ProgressCallback", "PrinterCallback")):
+                continue  # the console gets the compact table above instead of ~100 keys
+            try:
+                cb.on_log(args, state, control, logs=dict(logs), model=kwargs.get("model"))
+            except Exception:  # noqa: BLE001 - a logger problem never stops training
+                log.exception("logging evaluation metrics to %s failed", type(cb).__name__)
+        if state.is_world_process_zero:
+            self._log_wandb_tables(state, result)
+
+    def _log_wandb_tables(self, state, result: ev.EvalResult) -> None:
+        wandb = sys.modules.get("wandb")  # never imported here: only an active run is used
+        run = getattr(wandb, "run", None) if wandb is not None else None
+        n = self.section.n_samples_table
+        if run is None or n <= 0:
+            return
+        payload, seen = {}, {}
+        for r in result.records:
+            key = f"eval/{r['dataset']}/{r['condition']}/samples"
+            rows = seen.setdefault(key, [])
+            if len(rows) < n:
+                rows.append([state.global_step, r["id"], r["gold"], r["target"], r["pred"], r["correct"], r["consistent"], r["p_correct"], r["response"]])
+        for key, rows in seen.items():
+            payload[key] = wandb.Table(columns=TABLE_COLUMNS, data=rows)
+        try:
+            run.log({**payload, "train/global_step": state.global_step})
+        except Exception:  # noqa: BLE001
+            log.exception("logging the wandb sample tables failed")
+
+
+def attach_evaluator(trainer, recipe) -> EvalCallback | None:
+    """Attach the evaluator callback to a trainer when `evaluation.enabled`."""
+    if not recipe.evaluation.enabled:
+        return None
+    return EvalCallback(recipe).attach(trainer)

@@ -1,0 +1,397 @@
+"""The evaluator: prompt mechanics, trace schema, sharding, the training callback, resume, errors,
+`rlvlm eval` reproducing the in-training rows. The tiny model is untrained: accuracy is chance, the
+mechanics are what is tested."""
+
+import json
+import shutil
+import sys
+import types
+
+import pytest
+import yaml
+
+from rlvlm import evaluate as ev
+from rlvlm.metrics import CATEGORY_KEYS, TRACE_KEYS
+from rlvlm.perturb import STOP_THINK
+from rlvlm.recipe import build_recipe
+
+CONDS = ["base", "wrong_think"]
+
+NOISY_REWARD = '''
+import zlib
+
+def noisy(completions, **kwargs):
+    """Arbitrary but deterministic rewards, so GRPO advantages are non-zero and the weights move."""
+    return [(zlib.crc32(str(c).encode()) % 97) / 97.0 for c in completions]
+'''
+
+
+def raw_recipe(output_dir, tmp_path, **extra) -> dict:
+    reward = tmp_path / "noisy_reward.py"
+    reward.write_text(NOISY_REWARD)
+    raw = {
+        "name": "t",
+        "model": {"name": "tiny", "seed": 0},
+        "warm_start": {"enabled": False},
+        "data": {"train": {"name": "shapes", "split": "train", "n": 16}, "eval": [{"name": "shapes", "split": "eval", "n": 8}]},
+        "rewards": [{"name": f"{reward}:noisy", "weight": 1.0}],
+        "evaluation": {"conditions": CONDS, "max_new_tokens": 8, "batch_size": 16},
+        "max_steps": 2,
+        "save_steps": 1,
+        "num_generations": 2,
+        "per_device_train_batch_size": 4,
+        "max_completion_length": 8,
+        "learning_rate": 1e-2,
+        "logging_steps": 1,
+        "report_to": "none",
+        "disable_tqdm": True,
+        "dataloader_num_workers": 0,
+        "seed": 0,
+        "output_dir": str(output_dir),
+    }
+    raw.update(extra)
+    return raw
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    return AutoModelForImageTextToText.from_pretrained(tiny_model_path), AutoProcessor.from_pretrained(tiny_model_path)
+
+
+def small_recipe(**evaluation):
+    return build_recipe(
+        {"data": {"eval": [{"name": "shapes", "split": "eval", "n": 4}]},
+         "evaluation": {"conditions": CONDS, "max_new_tokens": 4, **evaluation}}
+    )
+
+
+def same_row(a: dict, b: dict, tol=1e-5) -> bool:
+    """Equal rows, floats within tol."""
+    if set(a) != set(b):
+        return False
+    for k in a:
+        if isinstance(a[k], float) or isinstance(b[k], float):
+            if abs(a[k] - b[k]) > tol:
+                return False
+        elif a[k] != b[k]:
+            return False
+    return True
+
+
+def check_trace_rows(rows, n):
+    for r in rows:
+        assert tuple(r) == TRACE_KEYS
+        assert isinstance(r["step"], int) and isinstance(r["n"], int) and r["n"] == n
+        for k in ("accuracy", "consistency", "consistent_accuracy", "option_entropy", "p_correct"):
+            assert isinstance(r[k], float)
+        assert set(r["categories"]) == set(CATEGORY_KEYS) and sum(r["categories"].values()) == r["n"]
+        assert r["consistent_accuracy"] == r["categories"]["consistent_correct"] / r["n"]
+
+
+# ------------------------------------------------------------------ pure mechanics
+
+
+@pytest.mark.parametrize(
+    "prefix, completion, expected",
+    [
+        (None, "<think>x</think><answer>B</answer>", "<think>x</think><answer>"),
+        (None, "<think>x</think><answer> (B)</answer>", "<think>x</think><answer> ("),
+        (None, "<think>x</think> junk", "<think>x</think><answer>"),
+        (None, "rambling", "rambling</think><answer>"),
+        (STOP_THINK, "<answer>C</answer>", "<answer>"),
+        (STOP_THINK, "junk", "<answer>"),
+        ("<think>It is A.", " But no.</think><answer>D</answer>", " But no.</think><answer>"),
+        ("<think>It is A.", " still going", " still going</think><answer>"),
+    ],
+)
+def test_forced_answer_suffix(prefix, completion, expected):
+    assert ev.forced_answer_suffix(prefix, completion) == expected
+
+
+def test_own_think():
+    assert ev.own_think(None, "abc") == "abc"
+    assert ev.own_think("<think>It is A.", "It is A. But B.") == "But B."
+    assert ev.own_think(STOP_THINK, "Okay let's see. This should be the final answer.") == ""
+    assert ev.own_think(None, None) == ""
+
+
+def test_jsonl_append_is_whole_and_torn_lines_are_skipped(tmp_path):
+    path = tmp_path / "eval" / "trace.jsonl"
+    ev.append_jsonl(path, [{"a": 1}, {"a": 2}])
+    with open(path, "a") as f:
+        f.write('{"a": 3')  # a torn write
+    assert ev.read_jsonl(path) == [{"a": 1}, {"a": 2}]
+
+
+def test_plan_batches_is_independent_of_processes():
+    items = [{"_text": "x" * k} for k in (5, 1, 3, 1, 9, 2, 7)]
+    batches = ev.plan_batches(items, 3)
+    assert batches == [[1, 3, 5], [2, 0, 6], [4]]
+
+
+# ------------------------------------------------------------------ one evaluation on the tiny model
+
+
+def test_evaluator_schema_records_and_mode_restored(tiny, tmp_path):
+    model, processor = tiny
+    model.train()
+    evaluator = ev.Evaluator.from_recipe(small_recipe(), processor)
+    result = evaluator.run(model, step=7)
+    assert model.training  # train mode restored
+    assert len(result.trace) == 2 and {r["condition"] for r in result.trace} == set(CONDS)
+    check_trace_rows(result.trace, n=4)
+    assert len(result.records) == 8
+    for rec in result.records:
+        assert sum(rec["option_probs"]) == pytest.approx(1.0, abs=1e-5) and len(rec["option_probs"]) == 4
+        assert rec["response"].startswith(rec["target"] and "<think>" or "")
+        for k in ("id", "condition", "response", "think", "answer", "correct", "consistent", "option_probs", "p_correct"):
+            assert k in rec
+    assert {(r["dataset"], r["condition"]) for r in result.signals} == {("shapes", c) for c in CONDS}
+    assert [r["condition"] for r in result.auroc] == ["wrong_think"]
+
+    ev.write_result(tmp_path, result)
+    ev.write_result(tmp_path, result)  # a second write of the same step adds no row
+    assert len(ev.read_jsonl(tmp_path / "trace.jsonl")) == 2
+    assert len(ev.read_jsonl(ev.records_path(tmp_path, 7))) == 8
+    assert len(ev.read_jsonl(tmp_path / "signals.jsonl")) == 2
+    assert ev.todo(tmp_path, 7, evaluator.keys()) == set()
+    assert ev.todo(tmp_path, 8, evaluator.keys()) == evaluator.keys()
+
+
+def test_sharded_run_equals_one_process(tiny, monkeypatch):
+    """Two simulated processes: equal numbers of forward passes, gathered outputs identical to one process."""
+    model, processor = tiny
+    recipe = small_recipe(batch_size=3)  # 8 items -> 3 batches -> 2 per process (one padded)
+    evaluator = ev.Evaluator.from_recipe(recipe, processor)
+    items = evaluator.items
+    single = evaluator._forward(model, items)
+
+    calls = {0: 0, 1: 0}
+    real_run_batch = ev.run_batch
+    shards = {}
+
+    class Gathered(Exception):
+        pass
+
+    def gather(rank, obj):
+        shards[rank] = obj
+        if rank == 1:
+            raise Gathered  # process 1's share is collected; process 0 then sees both
+        return shards[0] + shards[1]
+
+    def run(rank):
+        monkeypatch.setattr(ev, "_state", lambda: types.SimpleNamespace(num_processes=2, process_index=rank, is_main_process=rank == 0))
+
+        def counting(*a, **k):
+            calls[rank] += 1
+            return real_run_batch(*a, **k)
+
+        monkeypatch.setattr(ev, "run_batch", counting)
+        monkeypatch.setattr(ev, "_all_gather", lambda obj: gather(rank, obj))
+        return evaluator._forward(model, items)
+
+    with pytest.raises(Gathered):
+        run(1)
+    sharded = run(0)
+    assert calls[0] == calls[1] == 2
+    assert len(shards[0]) == 5 and len(shards[1]) == 3  # batches 0 and 2 / batch 1 (its padded repeat dropped)
+    assert sharded == single
+
+
+def test_cli_eval_missing_model_exits_2(tmp_path, capsys):
+    from rlvlm.cli import main
+
+    assert main(["eval", str(tmp_path / "no-such-checkpoint")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["eval", "tiny", "--conditions", "base,nonsense"]) == 2
+    assert "nonsense" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the callback, driven directly
+
+
+def _drive(cb, model, processor, step=0):
+    from transformers import TrainerControl, TrainerState
+
+    state = TrainerState()
+    state.global_step = step
+    cb.on_train_begin(None, state, TrainerControl(), model=model, processing_class=processor)
+
+
+def test_callback_error_is_logged_or_stops(tiny, tmp_path, monkeypatch):
+    from rlvlm.callbacks import EvalCallback
+
+    model, processor = tiny
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated evaluator failure")
+
+    monkeypatch.setattr(ev, "run_batch", boom)
+    recipe = small_recipe()
+    cb = EvalCallback(recipe, run_dir=tmp_path / "log")
+    _drive(cb, model, processor)  # default on_error: log -> no exception
+    assert "simulated evaluator failure" in cb.history[-1]["error"]
+    assert not (tmp_path / "log" / "eval" / "trace.jsonl").exists()
+    assert ev.read_jsonl(tmp_path / "log" / "eval" / "errors.jsonl")[0]["step"] == 0
+
+    cb = EvalCallback(small_recipe(on_error="stop"), run_dir=tmp_path / "stop")
+    with pytest.raises(ev.EvaluationError, match="simulated evaluator failure"):
+        _drive(cb, model, processor)
+
+
+def test_callback_skips_evaluated_steps_and_logs_wandb_table(tiny, tmp_path, monkeypatch):
+    from rlvlm.callbacks import EvalCallback
+
+    model, processor = tiny
+    logged = []
+
+    class FakeTable:
+        def __init__(self, columns, data):
+            self.columns, self.data = columns, data
+
+    fake = types.SimpleNamespace(Table=FakeTable, run=types.SimpleNamespace(log=logged.append))
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cb = EvalCallback(small_recipe(n_samples_table=2), run_dir=tmp_path)
+    _drive(cb, model, processor, step=0)
+    _drive(cb, model, processor, step=0)  # already in the trace: skipped
+    rows = ev.read_jsonl(tmp_path / "eval" / "trace.jsonl")
+    assert len(rows) == 2 and len(cb.history) == 1
+    (payload,) = logged
+    assert payload["train/global_step"] == 0
+    table = payload["eval/shapes/wrong_think/samples"]
+    assert len(table.data) == 2 and "response" in table.columns
+
+
+# ------------------------------------------------------------------ a real GRPO run
+
+
+class CaptureLogs:
+    """Stands in for a logging integration (wandb, tensorboard): records what on_log receives."""
+
+    def __init__(self):
+        self.logs = []
+
+    def __getattr__(self, name):  # every other callback event is a no-op
+        if name.startswith("on_"):
+            return lambda *a, **k: None
+        raise AttributeError(name)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append((state.global_step, dict(logs or {})))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model_path, tmp_path_factory):
+    """max_steps 2, save_steps 1: evaluations at steps 0, 1, 2."""
+    from rlvlm.train import build_trainer
+
+    tmp = tmp_path_factory.mktemp("grpo")
+    raw = raw_recipe(tmp / "run", tmp)
+    trainer = build_trainer(build_recipe(raw), progress=False)
+    capture = CaptureLogs()
+    trainer.add_callback(capture)
+    trainer.train()
+    return {"dir": tmp / "run", "raw": raw, "tmp": tmp, "logs": capture.logs}
+
+
+def test_callback_fires_at_step0_and_each_save(trained_run):
+    eval_dir = trained_run["dir"] / "eval"
+    rows = ev.read_jsonl(eval_dir / "trace.jsonl")
+    assert sorted({r["step"] for r in rows}) == [0, 1, 2]
+    assert len(rows) == 3 * len(CONDS)
+    assert len({(r["step"], r["dataset"], r["condition"]) for r in rows}) == len(rows)
+    check_trace_rows(rows, n=8)
+    for step in (0, 1, 2):
+        assert len(ev.read_jsonl(ev.records_path(eval_dir, step))) == 8 * len(CONDS)
+    # the evaluated model is the one being trained: the option distributions move between step 0 and 2
+    probs = {s: [r["option_probs"] for r in ev.read_jsonl(ev.records_path(eval_dir, s))] for s in (0, 2)}
+    assert probs[0] != probs[2]
+    # loggers got eval/<dataset>/<condition>/<metric> (as eval_..., which HF integrations rename) at each step
+    eval_logs = {step: logs for step, logs in trained_run["logs"] if any(k.startswith("eval_") for k in logs)}
+    assert sorted(eval_logs) == [0, 1, 2]
+    for step, logs in eval_logs.items():
+        row = next(r for r in rows if r["step"] == step and r["condition"] == "base")
+        assert logs["eval_shapes/base/accuracy"] == row["accuracy"]
+        assert "eval_shapes/wrong_think/option_entropy" in logs and "eval_shapes/base/think_words" in logs
+
+
+def test_resume_never_duplicates_or_drops(trained_run, tmp_path):
+    from rlvlm.train import build_trainer
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run["dir"], run)
+    trace = run / "eval" / "trace.jsonl"
+    original = ev.read_jsonl(trace)
+    # a crash after checkpoint-2 was saved but before its evaluation was written
+    ev.replace_jsonl(trace, [r for r in original if r["step"] != 2])
+    raw = raw_recipe(run, trained_run["tmp"], max_steps=3)
+    trainer = build_trainer(build_recipe(raw), progress=False)
+    trainer.train(resume_from_checkpoint=str(run / "checkpoint-2"))
+    rows = ev.read_jsonl(trace)
+    keys = [(r["step"], r["dataset"], r["condition"]) for r in rows]
+    assert len(keys) == len(set(keys))
+    assert sorted({r["step"] for r in rows}) == [0, 1, 2, 3]
+    assert [r["step"] for r in rows if r["step"] < 2] == [r["step"] for r in original if r["step"] < 2]
+    # step 2, re-evaluated from the resumed checkpoint, should give the same rows
+    redone = {r["condition"]: r for r in rows if r["step"] == 2}
+    if not all(same_row(redone[r["condition"]], r) for r in original if r["step"] == 2):
+        pytest.xfail(
+            "resume does not restore the weights: transformers' Trainer._load_from_checkpoint loads the "
+            "checkpoint's legacy Qwen2.5-VL keys (model.layers.*) without the key conversion (missing keys warning)"
+        )
+
+
+def test_cli_eval_of_checkpoint_reproduces_training_rows(trained_run, tmp_path):
+    from rlvlm.cli import main
+
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(yaml.safe_dump(trained_run["raw"]))
+    out = tmp_path / "out"
+    ckpt = trained_run["dir"] / "checkpoint-2"
+    assert main(["eval", str(ckpt), "--recipe", str(recipe_path), "--out", str(out), "--quiet"]) == 0
+    cli_rows = ev.read_jsonl(out / "trace.jsonl")
+    train_rows = [r for r in ev.read_jsonl(trained_run["dir"] / "eval" / "trace.jsonl") if r["step"] == 2]
+    assert len(cli_rows) == len(train_rows) == len(CONDS)
+    by_cond = {r["condition"]: r for r in train_rows}
+    for r in cli_rows:
+        assert r["step"] == 2  # from the checkpoint-N name
+        assert same_row(r, by_cond[r["condition"]])
+    assert len(ev.read_jsonl(ev.records_path(out, 2))) == 8 * len(CONDS)
+    # a second call finds the step done and adds nothing
+    assert main(["eval", str(ckpt), "--recipe", str(recipe_path), "--out", str(out), "--quiet",
+                 "--conditions", "base"]) == 0
+    assert len(ev.read_jsonl(out / "trace.jsonl")) == len(CONDS)
+    json.dumps(cli_rows)  # plain JSON types only
+
+
+@pytest.mark.slow
+def test_two_processes_write_the_rows_of_one(tiny_model_path, tmp_path):
+    """`accelerate launch` (launch/accelerate/multi_cpu.yaml, 2 gloo CPU processes) gives the rows and
+    records of a one-process run; only one process writes."""
+    import subprocess
+    from pathlib import Path
+
+    from rlvlm.cli import main
+
+    root = Path(__file__).resolve().parent.parent
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "data": {"eval": [{"name": "shapes", "split": "eval", "n": 6}]},
+        "evaluation": {"conditions": ["base", "wrong_caption"], "max_new_tokens": 8, "batch_size": 4},
+    }))
+    assert main(["eval", str(tiny_model_path), "--recipe", str(recipe), "--out", str(tmp_path / "one"), "--quiet"]) == 0
+    import socket
+
+    with socket.socket() as sock:  # a free port: other jobs on the machine may hold accelerate's default
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(root / "launch/accelerate/multi_cpu.yaml"),
+           "--main_process_port", str(port),
+           "-m", "rlvlm", "eval", str(tiny_model_path), "--recipe", str(recipe), "--out", str(tmp_path / "two"), "--quiet"]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "one" / "trace.jsonl").read_text() == (tmp_path / "two" / "trace.jsonl").read_text()
+    assert ev.records_path(tmp_path / "one", 0).read_text() == ev.records_path(tmp_path / "two", 0).read_text()
+    assert done.stdout.count("rlvlm eval:") == 1
