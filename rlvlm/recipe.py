@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import typing
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 
 class RecipeError(ValueError):
@@ -45,32 +46,119 @@ class WarmStartSection(Section):
 
 
 class DatasetSpec(Section):
+    """One dataset: `shapes` (generated), a registered adapter (rlvlm.data.adapters), or `custom`.
+
+    `n` examples are taken from a `seed`ed permutation of the split's usable rows. Real datasets load
+    from the hub (`hub_id` overrides the adapter's, e.g. a mirror) or from files in the same schema
+    (`path`: a file, glob or list of .parquet/.jsonl/.json/.csv/.tsv files, `hf://` files included, or
+    an imagefolder / save_to_disk directory)."""
+
     name: str = "shapes"
     split: str = "train"
     n: int = Field(2000, gt=0)
     seed: int = 0
+    hub_id: str | None = None
+    config: str | None = None  # the hub dataset's config (subset) name
+    path: str | list[str] | None = None
+    image_root: str | None = None  # where relative image paths and image URLs' files are found
+    columns: dict[str, str | list[str]] = {}  # custom only: canonical field -> source column(s)
+    on_bad_row: typing.Literal["skip", "stop"] = "skip"  # an unusable row: skip (counted, logged) or stop
 
 
 class DataSection(Section):
-    train: DatasetSpec = DatasetSpec()
+    train: DatasetSpec | list[DatasetSpec] = DatasetSpec()  # a list: the datasets' examples, concatenated
     eval: list[DatasetSpec] = [DatasetSpec(split="eval", n=200)]
+
+    @field_validator("train", mode="before")
+    @classmethod
+    def _one_or_several(cls, value):
+        # Validated here so that an error names the spec's key, not both branches of the union.
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("an empty list trains on nothing; give one dataset or several")
+            return [DatasetSpec.model_validate(v) if isinstance(v, dict) else v for v in value]
+        return DatasetSpec.model_validate(value) if isinstance(value, dict) else value
+
+
+class GateSpec(Section):
+    """A reward whose value multiplies another's: `consistency`, `judge`, `counterfactual`, or any reward."""
+
+    name: str  # a registered name, `module:function`, or `path/to/file.py:function`
+    kwargs: dict[str, Any] = {}
 
 
 class RewardSpec(Section):
+    """One recipe reward entry; TRL weights and sums the entries.
+
+    `gate` multiplies the reward by each gate's value (None when any of them is None), so the paper's
+    faithfulness-aware reward is one entry: `{name: accuracy, gate: [consistency], weight: 1.0}`.
+    A gate is a name or `{name, kwargs}`, e.g. `gate: [{name: judge, kwargs: {base_url: ...}}]`.
+    """
+
     name: str  # a registered name, `module:function`, or `path/to/file.py:function`
     weight: float = 1.0
     kwargs: dict[str, Any] = {}
+    gate: list[GateSpec] = []
+
+    @field_validator("gate", mode="before")
+    @classmethod
+    def _gate_names(cls, value):
+        if value is None:
+            return []
+        if isinstance(value, (str, dict)):
+            value = [value]
+        if isinstance(value, (list, tuple)):
+            return [{"name": g} if isinstance(g, str) else g for g in value]
+        return value
 
 
 class AugmentationSection(Section):
     probs: dict[str, float] = {}
 
 
+class PeftSection(Section):
+    """LoRA adapters (PEFT) instead of full fine-tuning. Writing the section turns it on
+    (`enabled: false` turns it off); with `model.freeze_vision` the vision tower gets no adapters."""
+
+    enabled: bool = False
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = "all-linear"  # PEFT's names, or "all-linear"
+
+    @model_validator(mode="after")
+    def _on_when_written(self):
+        if self.model_fields_set and "enabled" not in self.model_fields_set:
+            self.enabled = True
+        return self
+
+
 class EvaluationSection(Section):
+    """The robustness evaluator run at step 0 and at every saved checkpoint (and by `rlvlm eval`)."""
+
     enabled: bool = True
-    conditions: list[str] | None = None  # None: all eight
-    max_new_tokens: int = 64
-    batch_size: int = 64
+    conditions: list[str] | None = None  # None: all eight of rlvlm.perturb.CONDITIONS
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0)  # generation and teacher-forced batch size, per process
+    at_start: bool = True  # evaluate step 0, before any update
+    on_error: typing.Literal["log", "stop"] = "log"  # an evaluator error: log it and train on, or stop the run
+    n_samples_table: int = Field(4, ge=0)  # sample responses per condition in the wandb Table
+    seed: int = 0  # perturbation seed (wrong targets, templates)
+    faithfulness: str = "rule"  # consistency scorer: rule | judge | a registered reward | module:function
+    faithfulness_kwargs: dict[str, Any] = {}
+
+    @field_validator("conditions")
+    @classmethod
+    def _known_conditions(cls, value):
+        from rlvlm.perturb import CONDITIONS
+
+        if value is not None:
+            if not value:
+                raise ValueError(f"an empty list evaluates nothing; leave it unset for all of {', '.join(CONDITIONS)}")
+            unknown = [c for c in value if c not in CONDITIONS]
+            if unknown:
+                raise ValueError(f"unknown condition(s) {unknown}; valid: {', '.join(CONDITIONS)}")
+        return value
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -79,6 +167,7 @@ SECTIONS: dict[str, type[Section]] = {
     "data": DataSection,
     "augmentation": AugmentationSection,
     "evaluation": EvaluationSection,
+    "peft": PeftSection,
 }
 LIST_SECTIONS: dict[str, type[Section]] = {"rewards": RewardSpec}
 DEFAULT_REWARDS = [RewardSpec(name="accuracy", weight=1.0), RewardSpec(name="format", weight=0.1)]
@@ -95,11 +184,35 @@ class Recipe:
     evaluation: EvaluationSection
     grpo: dict[str, Any]  # validated GRPOConfig keyword arguments
     path: Path | None = None
+    peft: PeftSection = dataclasses.field(default_factory=PeftSection)
 
     def grpo_config(self):
         from trl import GRPOConfig
 
-        return GRPOConfig(**self.grpo)
+        return GRPOConfig(**self.grpo_kwargs())
+
+    def grpo_kwargs(self) -> dict[str, Any]:
+        """The recipe's GRPOConfig keys plus the defaults this machine needs."""
+        kwargs = dict(self.grpo)
+        # TRL defaults to bf16, which a CPU cannot run: fall back to fp32 unless the recipe insists.
+        kwargs.setdefault("bf16", bf16_available())
+        # Several processes without a GPU (launch/accelerate/multi_cpu.yaml): tell accelerate they are
+        # CPU processes, so that they join one gloo process group instead of running alone.
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _gpu_available():
+            kwargs.setdefault("use_cpu", True)
+        return kwargs
+
+
+def _gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+def bf16_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
 
 
 def _grpo_fields() -> dict[str, Any]:
@@ -152,20 +265,23 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def _set_dotted(raw: dict, key: str, value: Any) -> None:
+def _set_dotted(raw: dict, key: str, value: Any, top: bool = True) -> None:
+    """`--data.train.n 16`: the first part names a section, deeper parts nested mappings in it (the
+    section's validation then rejects any key it does not know)."""
     head, _, rest = key.partition(".")
     if not rest:
         raw[head] = value
         return
-    if head in LIST_SECTIONS:
+    if top and head in LIST_SECTIONS:
         raise RecipeError(f"'{head}' is a list; override it as a whole, e.g. --{head} '[{{name: accuracy}}]'.")
-    if head not in SECTIONS:
+    if top and head not in SECTIONS:
         raise _unknown_key(head, sorted(SECTIONS), "the recipe's sections")
     section = raw.setdefault(head, {}) or {}
     if not isinstance(section, dict):
-        raise RecipeError(f"Section '{head}' must be a mapping, got {type(section).__name__}.")
+        what = f"Section '{head}'" if top else f"'{head}'"
+        raise RecipeError(f"{what} must be a mapping to override '{rest}' in it, got {type(section).__name__}.")
     raw[head] = section
-    _set_dotted(section, rest, value)
+    _set_dotted(section, rest, value, top=False)
 
 
 def _format_validation(where: str, error: ValidationError) -> str:

@@ -86,8 +86,9 @@ def build_trainer(recipe: Recipe, progress: bool = True):
     from transformers import AutoProcessor
     from trl import GRPOTrainer
 
-    from rlvlm.composition import load_rewards
+    from rlvlm.composition import bind_policy, load_rewards
     from rlvlm.data.load import load_examples
+    from rlvlm.finetune import freeze_vision_tower, peft_config
     from rlvlm.models import resolve_model
 
     model_path = resolve_model(recipe.model, recipe.warm_start, progress=progress)
@@ -97,13 +98,23 @@ def build_trainer(recipe: Recipe, progress: bool = True):
     reward_funcs, weights = load_rewards(recipe.rewards)
     config.reward_weights = weights
     train = Dataset.from_list(grpo_rows(load_examples(recipe.data.train), seed=config.seed))
-    return GRPOTrainer(
+    trainer = GRPOTrainer(
         model=model_path,
         reward_funcs=reward_funcs,
         args=config,
         train_dataset=train,
         processing_class=processor,
+        peft_config=peft_config(recipe.peft, recipe.model),
     )
+    if recipe.model.freeze_vision:
+        freeze_vision_tower(trainer.model)  # before train() builds the optimizer
+    # Rewards that score with the current policy (counterfactual) get a weak reference to the trainer
+    # and read trainer.model / trainer.processing_class at each call: no callback, no subclass.
+    bind_policy(reward_funcs, trainer)
+    from rlvlm.callbacks import attach_evaluator
+
+    attach_evaluator(trainer, recipe)  # evaluates step 0 and every saved checkpoint into RUN_DIR/eval/
+    return trainer
 
 
 def train(recipe: Recipe, progress: bool = True) -> Path:

@@ -1,0 +1,728 @@
+"""Real datasets -> canonical examples (DESIGN.md, "Canonical example"), through `datasets`.
+
+Each adapter reads one dataset in the schema its hub card (or, where there is no hub copy, its
+release) documents, and maps a row to::
+
+    {id, image | images, question, options, answer, source}
+
+`answer` is the gold option letter for multiple-choice sets and the answer text otherwise.
+In production a dataset comes from the hub (`load_dataset(hub_id, config, split=...)`); a recipe's
+`path` reads a local copy in the same schema instead (parquet, JSON/JSONL, CSV/TSV, an imagefolder or
+a `save_to_disk` directory), and `hub_id` points at a mirror. Images are taken as the hub stores them:
+a decoded `datasets.Image`, its `{bytes, path}` struct, raw bytes, a base64 string, a file path
+(relative paths resolve against `image_root`, then the hub repo) or a URL (looked up by file name in
+`image_root` when given, else downloaded once into `$RLVLM_CACHE/images`).
+
+A row that cannot be used (no image, an unreadable image, no options for a multiple-choice set, a
+gold answer that is not among the options, ...) is skipped and counted, and the first few ids are
+logged; with `on_bad_row: stop` the first such row stops the run with a `DataError` naming it.
+
+The recipe form (`data.train` or an entry of `data.eval`)::
+
+    {name: cv_bench, split: test, n: 5000, seed: 0}                 # from the hub
+    {name: cv_bench, split: test, path: data/cv_bench.parquet}      # a local copy, same schema
+    {name: custom, path: data/mine.jsonl, image_root: data/img,
+     columns: {question: q, options: [A, B, C, D], answer: label, image: file}}
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import glob
+import hashlib
+import functools
+import io
+import json
+import logging
+import math
+import os
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from rlvlm.recipe import DatasetSpec, RecipeError
+
+log = logging.getLogger("rlvlm.data")
+
+LETTERS = "ABCDEFGHIJ"
+MAX_LOGGED_IDS = 5
+CANONICAL_COLUMNS = ("id", "image", "images", "question", "options", "answer")
+
+
+class DataError(RecipeError):
+    """A dataset that cannot be read, or (with `on_bad_row: stop`) a row that cannot be used."""
+
+
+class BadRow(Exception):
+    """This row cannot become a canonical example; the message says why (it is the skip reason)."""
+
+
+# --------------------------------------------------------------------------------------------
+# the registry
+
+
+@dataclass(frozen=True)
+class Adapter:
+    name: str
+    convert: Callable[[dict, "Row"], dict]
+    hub_id: str | None  # None: not on the hub; the recipe gives `path` (or a mirror's `hub_id`)
+    config: str | None = None
+    split: str = "test"  # the split the paper's recipes read
+    multiple_choice: bool = True
+    card: str = ""  # where the schema was read
+    key: str | Callable[[dict, DatasetSpec], Any] | None = "id"  # the id column; absent/None: row index
+
+    def row_key(self, raw: dict, spec: DatasetSpec) -> Any:
+        if self.key is None:
+            return None
+        return self.key(raw, spec) if callable(self.key) else raw.get(self.key)
+
+
+ADAPTERS: dict[str, Adapter] = {}
+
+
+def register(name: str, hub_id: str | None, *, config: str | None = None, split: str = "test",
+             multiple_choice: bool = True, card: str = "", key: str | Callable | None = "id"):
+    def wrap(fn):
+        ADAPTERS[name] = Adapter(name, fn, hub_id, config, split, multiple_choice, card, key)
+        return fn
+
+    return wrap
+
+
+# --------------------------------------------------------------------------------------------
+# one row's context: ids, images, options
+
+
+@dataclass
+class Row:
+    spec: DatasetSpec
+    adapter: Adapter
+    index: int  # position of the row in the split, before any shuffling
+    image_root: Path | None
+    hub_id: str | None  # where relative image paths are fetched from when not found locally
+    rid: str  # the canonical id: `<dataset>-<the row's id, or its index>`
+
+    def image(self, value: Any):
+        return load_image(value, self)
+
+    def shuffle_key(self) -> str:
+        """Seeds the option order where the source lists the gold option first."""
+        return f"{self.spec.seed}|{self.adapter.name}|{self.index}"
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and value.strip().lower() in ("", "nan", "none", "null")
+
+
+def _text(value: Any, what: str) -> str:
+    if _missing(value):
+        raise BadRow(f"no {what}")
+    return str(value).strip()
+
+
+def letter_columns(raw: dict, letters: str = LETTERS) -> list[str]:
+    """Options stored one per column (`A`, `B`, ...), as MMBench and VLMEvalKit TSVs do."""
+    present = [(x, raw.get(x)) for x in letters if x in raw]
+    options, ended = [], False
+    for letter, value in present:
+        if _missing(value):
+            ended = True
+        elif ended:
+            raise BadRow(f"options are not contiguous (option {letter} follows an empty one)")
+        else:
+            options.append(str(value).strip())
+    return options
+
+
+_LETTER_ANSWER = re.compile(r"^\(?([A-J])\)?(?:[.:)]\s*|\s+|$)(.*)$", re.S)
+
+
+def _norm(text: str) -> str:
+    return " ".join(str(text).lower().split()).rstrip(".")
+
+
+def gold_letter(options: list[str], answer: Any) -> str:
+    """The gold option letter from a letter (`B`, `(B)`, `B.`, `B. text`), an index or an option text."""
+    if not options:
+        raise BadRow("no options for a multiple-choice question")
+    letters = LETTERS[: len(options)]
+    if isinstance(answer, bool) or _missing(answer):
+        raise BadRow("no gold answer")
+    if isinstance(answer, int):
+        if 0 <= answer < len(options):
+            return letters[answer]
+        raise BadRow(f"gold index {answer} not among {len(options)} options")
+    text = str(answer).strip()
+    m = _LETTER_ANSWER.match(text)
+    if m and not m.group(2).strip():  # a bare letter: B, (B), B., B)
+        if m.group(1) in letters:
+            return m.group(1)
+        raise BadRow(f"gold {text!r} not among options {letters}")
+    hits = [letters[i] for i, o in enumerate(options) if _norm(o) == _norm(text)]
+    if len(hits) == 1:
+        return hits[0]
+    if m and m.group(1) in letters:  # a letter with its text: "B. right"
+        letter, rest = m.group(1), m.group(2).strip()
+        if _norm(rest) == _norm(options[letters.index(letter)]):
+            return letter
+        raise BadRow(f"gold {text!r} disagrees with option {letter} ({options[letters.index(letter)]!r})")
+    raise BadRow(f"gold {text!r} not among options")
+
+
+_OPTION_LINE = re.compile(r"^\s*\(?([A-J])[).:]\s*(.+?)\s*$")
+_INLINE_OPTION = re.compile(r"\(([A-J])\)\s*(.+?)(?=\s*\([A-J]\)|$)", re.S)
+
+
+def inline_options(text: str) -> tuple[str, list[str]]:
+    """Split a question that carries its options (`(A) x` / `A. x`, one per line or inline)."""
+    lines = text.splitlines()
+    for start, line in enumerate(lines):
+        m = _OPTION_LINE.match(line)
+        if m and m.group(1) == "A":
+            options, i = [], start
+            while (i < len(lines) and len(options) < len(LETTERS) and (m := _OPTION_LINE.match(lines[i]))
+                   and m.group(1) == LETTERS[len(options)]):
+                options.append(m.group(2))
+                i += 1
+            if len(options) >= 2:
+                return "\n".join(lines[:start]).strip(), options
+    head, sep, tail = text.partition("(A)")
+    if sep:
+        found = _INLINE_OPTION.findall(sep + tail)
+        if [x for x, _ in found] == list(LETTERS[: len(found)]) and len(found) >= 2:
+            options = [o.strip().splitlines()[0].strip() for _, o in found]
+            return head.strip(), options
+    raise BadRow("no options found in the question text")
+
+
+def shuffled(options: list[str], gold: int, key: str) -> tuple[list[str], str]:
+    """A fixed (per key) permutation of the options and the gold letter after it.
+
+    Used where the source always lists the correct option first (SAT, WhatsUp)."""
+    order = list(range(len(options)))
+    random.Random(hashlib.sha256(key.encode()).hexdigest()).shuffle(order)
+    return [options[i] for i in order], LETTERS[order.index(gold)]
+
+
+def example(row: Row, image, question: str, options: list[str], answer: str) -> dict:
+    ex = {"id": row.rid}
+    if isinstance(image, list):
+        if not image:
+            raise BadRow("no image")
+        if len(image) == 1:
+            ex["image"] = image[0]
+        else:
+            ex["images"] = image
+    else:
+        ex["image"] = image
+    if not question:
+        raise BadRow("no question")
+    if row.adapter.multiple_choice and not options:
+        raise BadRow("no options for a multiple-choice question")
+    ex.update(question=question, options=list(options), answer=str(answer), source=row.adapter.name)
+    return ex
+
+
+# --------------------------------------------------------------------------------------------
+# images
+
+
+_B64 = re.compile(r"^[A-Za-z0-9+/=\s]+$")
+_B64_MAGIC = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR", "Qk")  # PNG, JPEG, GIF, WEBP, BMP
+
+
+def load_image(value: Any, row: Row):
+    from PIL import Image, UnidentifiedImageError
+
+    if _missing(value):
+        raise BadRow("no image")
+    try:
+        if isinstance(value, Image.Image):
+            img = value
+        elif isinstance(value, dict):  # datasets.Image(decode=False) storage
+            if value.get("bytes"):
+                img = Image.open(io.BytesIO(value["bytes"]))
+            elif value.get("path"):
+                img = Image.open(_image_file(value["path"], row))
+            else:
+                raise BadRow("no image")
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            img = Image.open(io.BytesIO(bytes(value)))
+        elif isinstance(value, str):
+            img = Image.open(_image_source(value.strip(), row))
+        else:
+            raise BadRow(f"no image (unsupported value of type {type(value).__name__})")
+        img.load()
+        return img.convert("RGB")
+    except BadRow:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise BadRow(f"unreadable image ({type(e).__name__})") from None
+
+
+def _image_source(text: str, row: Row):
+    if text.startswith("data:image"):
+        return io.BytesIO(_b64decode(text.partition(",")[2]))
+    if text.startswith(("http://", "https://")):
+        return _fetch(text, row)
+    if text.startswith("file://"):
+        return _image_file(text[len("file://"):], row)
+    if (len(text) > 256 or text.startswith(_B64_MAGIC)) and _B64.match(text):
+        return io.BytesIO(_b64decode(text))
+    return _image_file(text, row)
+
+
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=False)
+    except (binascii.Error, ValueError):
+        raise BadRow("unreadable image (bad base64)") from None
+
+
+def _image_file(path: str, row: Row) -> Path:
+    p = Path(path).expanduser()
+    candidates = [p] if p.is_absolute() else []
+    if row.image_root is not None:
+        candidates += [row.image_root / path, row.image_root / p.name]
+    if not p.is_absolute():
+        candidates.append(p)
+    for c in candidates:
+        if c.is_file():
+            return c
+    if row.image_root is not None and (found := _find_in_root(str(row.image_root), p.name)):
+        return found
+    if row.hub_id and not p.is_absolute():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return Path(hf_hub_download(row.hub_id, path, repo_type="dataset"))
+        except Exception:  # not in the repo, or offline: the row is skipped, the run goes on
+            pass
+    raise BadRow(f"image file not found: {path}")
+
+
+@functools.lru_cache(maxsize=8)
+def _root_index(root: str) -> dict[str, Path]:
+    """File name -> path under an image root (an unpacked archive may nest its images)."""
+    index: dict[str, Path] = {}
+    for dirpath, _, names in os.walk(root):
+        for name in names:
+            index.setdefault(name, Path(dirpath) / name)
+    return index
+
+
+def _find_in_root(root: str, name: str) -> Path | None:
+    direct = Path(root) / name
+    return direct if direct.is_file() else _root_index(root).get(name)
+
+
+def _fetch(url: str, row: Row, sha256: str | None = None):
+    name = Path(url.split("?")[0]).name
+    if row.image_root is not None:
+        found = _find_in_root(str(row.image_root), name)
+        if found is None:
+            raise BadRow(f"image file not found in image_root: {name}")
+        return found
+    from rlvlm.tiny import cache_dir
+
+    cached = cache_dir() / "images" / hashlib.sha256(url.encode()).hexdigest()
+    if not cached.is_file():
+        import httpx
+
+        try:
+            response = httpx.get(url, timeout=30.0, follow_redirects=True)
+            response.raise_for_status()
+        except httpx.HTTPError as e:
+            raise BadRow(f"image download failed ({type(e).__name__})") from None
+        if sha256 and hashlib.sha256(response.content).hexdigest() != sha256:
+            raise BadRow("downloaded image does not match its sha256")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(response.content)
+        tmp.replace(cached)
+    return cached
+
+
+# --------------------------------------------------------------------------------------------
+# training sets
+
+
+@register("sat", "array/SAT", split="train",
+          card="array/SAT: image_bytes (list of Image), question, answers (list), correct_answer (text), "
+               "question_type; splits train/static/val/test",
+          key=None)
+def sat(raw: dict, row: Row) -> dict:
+    images = raw.get("image_bytes") or []
+    if not isinstance(images, list):
+        images = [images]
+    answers = [str(a).strip() for a in (raw.get("answers") or [])]
+    if not answers:
+        raise BadRow("no options for a multiple-choice question")
+    gold = _text(raw.get("correct_answer"), "gold answer")
+    hits = [i for i, a in enumerate(answers) if _norm(a) == _norm(gold)]
+    if len(hits) != 1:
+        raise BadRow(f"gold {gold!r} not among options")
+    # The card asks to randomise the order of `answers` before presenting them as choices.
+    options, letter = shuffled(answers, hits[0], row.shuffle_key())
+    return example(row, [row.image(v) for v in images], _text(raw.get("question"), "question"),
+                   options, letter)
+
+
+@register("pixmo_count", "allenai/pixmo-count", split="train", multiple_choice=False,
+          card="allenai/pixmo-count: image_url, image_sha256, count, points (x, y), label; images are URLs")
+def pixmo_count(raw: dict, row: Row) -> dict:
+    url = raw.get("image_url")
+    if isinstance(url, str) and url.startswith(("http://", "https://")):  # checked against image_sha256
+        image = row.image(str(_fetch(url, row, sha256=raw.get("image_sha256") or None)))
+    else:  # a copy with the images stored
+        image = row.image(raw.get("image") if _missing(url) else url)
+    count = raw.get("count")
+    if _missing(count):
+        raise BadRow("no gold answer")
+    label = _text(raw.get("label"), "label")
+    question = f"How many {label} are there in the image? Answer with a number."
+    return example(row, image, question, [], str(int(count)))
+
+
+@register("geometry3k", "hiyouga/geometry3k", split="train", multiple_choice=False,  # choices when given
+          card="hiyouga/geometry3k: images (list of Image), problem (with <image>), answer, id, choices, "
+               "ground_truth (letter)",
+          key="id")
+def geometry3k(raw: dict, row: Row) -> dict:
+    images = raw.get("images")
+    if images is None:
+        images = raw.get("image")
+    images = images if isinstance(images, list) else [images]
+    question = _text(raw.get("problem"), "question").replace("<image>", "").strip()
+    choices = [str(c).strip() for c in (raw.get("choices") or []) if not _missing(c)]
+    if choices:
+        truth = raw.get("ground_truth")
+        answer = gold_letter(choices, truth if not _missing(truth) else raw.get("answer"))
+    else:
+        answer = _text(raw.get("answer"), "gold answer")
+    ex = example(row, [row.image(v) for v in images], question, choices, answer)
+    return ex
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation sets
+
+
+def _cv_bench_key(raw: dict, spec) -> Any:
+    """`2D-17`: CV-Bench numbers its 2D and 3D questions separately."""
+    idx = raw.get("idx")
+    return idx if _missing(raw.get("type")) or _missing(idx) else f"{raw['type']}-{idx}"
+
+
+@register("cv_bench", "nyu-visionx/CV-Bench", split="test",
+          card="nyu-visionx/CV-Bench: idx, type (2D/3D), task, image (Image), question, choices (list), "
+               "answer ('(A)'), prompt, filename, source, ...; configs default/2D/3D, split test",
+          key=_cv_bench_key)
+def cv_bench(raw: dict, row: Row) -> dict:
+    options = [str(c).strip() for c in (raw.get("choices") or [])]
+    answer = gold_letter(options, raw.get("answer"))
+    return example(row, row.image(raw.get("image")), _text(raw.get("question"), "question"),
+                   options, answer)
+
+
+@register("3dsrbench", "ccvl/3DSRBench", split="test",
+          card="ccvl/3DSRBench: index, question, A, B, C, D, answer (letter), category, image_source, "
+               "image_url (COCO; images in coco_images.zip, give image_root); the VLMEvalKit TSVs carry "
+               "a base64 `image` column instead",
+          key="index")
+def threedsrbench(raw: dict, row: Row) -> dict:
+    options = letter_columns(raw)
+    answer = gold_letter(options, raw.get("answer"))
+    image = raw.get("image")
+    if _missing(image):
+        image = raw.get("image_url")
+    return example(row, row.image(image), _text(raw.get("question"), "question"),
+                   options, answer)
+
+
+@register("mmbench", "lmms-lab/MMBench", config="en", split="dev",
+          card="lmms-lab/MMBench (config en): index, question, hint, A, B, C, D, answer (letter), category, "
+               "image (Image; a base64 string in other copies), source, L2-category, comment, split; the "
+               "test split has no answers",
+          key="index")
+def mmbench(raw: dict, row: Row) -> dict:
+    options = letter_columns(raw)
+    answer = gold_letter(options, raw.get("answer"))
+    question = _text(raw.get("question"), "question")
+    if not _missing(raw.get("hint")):
+        question = f"{str(raw['hint']).strip()}\n{question}"
+    return example(row, row.image(raw.get("image")), question, options, answer)
+
+
+WHATSUP_QUESTION = "Which caption describes the image correctly?"
+
+
+@register("whatsup", None, split="Controlled_Images_A",
+          card="WhatsUp (amitakamath/whatsup_vlms, not on the hub): one JSON per subset "
+               "(Controlled_Images_A/B, COCO_QA_one_obj, ...) of {image_path, caption_options}, the first "
+               "caption correct; hub mirrors store image_options (Image) and caption_options")
+def whatsup(raw: dict, row: Row) -> dict:
+    captions = [str(c).strip() for c in (raw.get("caption_options") or [])]
+    if len(captions) < 2:
+        raise BadRow("no options for a multiple-choice question")
+    image = next((raw[k] for k in ("image_options", "image", "image_path") if not _missing(raw.get(k))), None)
+    gold = 0  # the release lists the correct caption first; mirrors may name it
+    for key in ("TARGET", "label", "target"):
+        if isinstance(raw.get(key), int) and not isinstance(raw.get(key), bool):
+            gold = raw[key]
+    if not 0 <= gold < len(captions):
+        raise BadRow(f"gold index {gold} not among {len(captions)} options")
+    options, letter = shuffled(captions, gold, row.shuffle_key())
+    return example(row, row.image(image), WHATSUP_QUESTION, options, letter)
+
+
+@register("vstar", "lmms-lab/vstar-bench", split="test",
+          card="lmms-lab/vstar-bench: image (Image), text (question with '(A) ...' options), label (letter), "
+               "category, question_id; craigwu/vstar_bench: the same in test_questions.jsonl with image a "
+               "path in the repo",
+          key="question_id")
+def vstar(raw: dict, row: Row) -> dict:
+    text = _text(raw.get("text") or raw.get("question"), "question")
+    question, options = inline_options(text)
+    answer = gold_letter(options, raw.get("label") if not _missing(raw.get("label")) else raw.get("answer"))
+    return example(row, row.image(raw.get("image")), question, options, answer)
+
+
+_PAREN_OPTION = re.compile(r"^\s*\(?[A-J][).:]\s*")
+
+
+@register("mme_realworld_lite", "yifanzhang114/MME-RealWorld-lite-lmms-eval", split="train",
+          card="yifanzhang114/MME-RealWorld-lite-lmms-eval: index, question, 'multi-choice options' "
+               "(['(A) ...', ...]), answer (letter), bytes (base64 image), category, l2-category",
+          key="index")
+def mme_realworld_lite(raw: dict, row: Row) -> dict:
+    choices = raw.get("multi-choice options") or raw.get("options") or []
+    options = [_PAREN_OPTION.sub("", str(c)).strip() for c in choices]
+    answer = gold_letter(options, raw.get("answer"))
+    image = raw.get("bytes") if not _missing(raw.get("bytes")) else raw.get("image")
+    return example(row, row.image(image), _text(raw.get("question"), "question"),
+                   options, answer)
+
+
+@register("spatial_mm_obj", None, split="test",
+          card="Spatial-MM (github FatemehShiri/Spatial-MM; no hub card found): spatial_mm_one_obj.json / "
+               "spatial_mm_two_obj.json, lists of {image_name, question (options inline 'A. x'), "
+               "answer ('B. right'), object1, object2}; images separate (give image_root)")
+def spatial_mm_obj(raw: dict, row: Row) -> dict:
+    question, options = inline_options(_text(raw.get("question"), "question"))
+    answer = gold_letter(options, raw.get("answer"))
+    return example(row, row.image(raw.get("image_name") or raw.get("image")),
+                   question, options, answer)
+
+
+@register("spatial_mm_multihop", None, split="test", multiple_choice=False,
+          card="Spatial-MM multi-hop (github FatemehShiri/Spatial-MM; no hub card found): "
+               "multihop_reasoning_309.json, a list of {image_name, question, answer (free text), "
+               "reasoning, hop}; images separate (give image_root)")
+def spatial_mm_multihop(raw: dict, row: Row) -> dict:
+    question = _text(raw.get("question"), "question")
+    try:  # some copies add options to the question
+        question, options = inline_options(question)
+        answer = gold_letter(options, raw.get("answer"))
+    except BadRow:
+        options, answer = [], _text(raw.get("answer"), "gold answer")
+    return example(row, row.image(raw.get("image_name") or raw.get("image")),
+                   question, options, answer)
+
+
+@register("custom", None, split="train", multiple_choice=False,
+          card="any local JSONL/JSON/parquet/CSV/TSV/imagefolder (or hub id); `columns` maps canonical "
+               "fields to source columns; options may be a list column or a list of columns",
+          key=lambda raw, spec: raw.get(spec.columns.get("id", "id")))
+def custom(raw: dict, row: Row) -> dict:
+    cols = {c: c for c in CANONICAL_COLUMNS}
+    cols.update(row.spec.columns)
+    source_options = cols["options"]
+    if isinstance(source_options, list):  # one column per option, in order
+        options = letter_columns({LETTERS[i]: raw.get(c) for i, c in enumerate(source_options)})
+    else:
+        value = raw.get(source_options)
+        if isinstance(value, str) and value.strip().startswith("["):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise BadRow(f"options column {source_options!r} is not a list") from None
+        if not isinstance(value, list) and _missing(value):
+            value = []
+        if not isinstance(value, list):
+            raise BadRow(f"options column {source_options!r} is not a list")
+        options = [str(o).strip() for o in value if not _missing(o)]
+    if (isinstance(source_options, list) or source_options in raw) and not options:
+        raise BadRow("no options for a multiple-choice question")
+    answer = raw.get(cols["answer"])
+    answer = gold_letter(options, answer) if options else _text(answer, "gold answer")
+    images = raw.get(cols["images"]) if cols["images"] in raw else None
+    image = [row.image(v) for v in images] if isinstance(images, list) else row.image(raw.get(cols["image"]))
+    return example(row, image, _text(raw.get(cols["question"]), "question"),
+                   options, answer)
+
+
+# --------------------------------------------------------------------------------------------
+# opening a dataset
+
+
+_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv",
+             ".arrow": "arrow"}
+
+
+def local_files(spec: DatasetSpec) -> list[str]:
+    """The files (or the one directory) a spec's `path` names, globs expanded; [] when none exist."""
+    paths = [spec.path] if isinstance(spec.path, str) else list(spec.path or [])
+    found = []
+    for p in paths:
+        if p.startswith(("hf://", "http://", "https://")):  # remote files, read by `datasets` itself
+            found.append(p)
+            continue
+        p = os.path.expanduser(p)
+        found += sorted(glob.glob(p)) if glob.has_magic(p) else ([p] if os.path.exists(p) else [])
+    return found
+
+
+def check_spec(spec: DatasetSpec) -> None:
+    """Recipe-level checks, before anything is loaded."""
+    adapter = ADAPTERS[spec.name]
+    if spec.columns and spec.name != "custom":
+        raise RecipeError(f"Dataset '{spec.name}': 'columns' applies to name: custom only.")
+    unknown = set(spec.columns) - set(CANONICAL_COLUMNS)
+    if unknown:
+        raise RecipeError(f"Dataset '{spec.name}': unknown 'columns' key(s) {sorted(unknown)}; "
+                          f"valid: {list(CANONICAL_COLUMNS)}.")
+    if spec.path is not None:
+        files = local_files(spec)
+        if not files:
+            raise RecipeError(f"Dataset '{spec.name}': path {spec.path!r} does not exist.")
+        if len(files) > 1 and any(os.path.isdir(f) for f in files):
+            raise RecipeError(f"Dataset '{spec.name}': path names a directory; give it alone.")
+        for f in files:
+            if os.path.isfile(f) and Path(f).suffix.lower() not in _BUILDERS:
+                raise RecipeError(f"Dataset '{spec.name}': cannot read '{f}'; expected one of "
+                                  f"{sorted(_BUILDERS)} or a directory (imagefolder / save_to_disk).")
+    elif not (spec.hub_id or adapter.hub_id):
+        raise RecipeError(f"Dataset '{spec.name}' is not on the hub: give 'path' to a local copy "
+                          f"({adapter.card}) or 'hub_id' of a mirror.")
+    if spec.image_root is not None and not Path(spec.image_root).expanduser().is_dir():
+        raise RecipeError(f"Dataset '{spec.name}': image_root '{spec.image_root}' is not a directory.")
+
+
+def open_dataset(spec: DatasetSpec, adapter: Adapter):
+    from datasets import load_dataset, load_from_disk
+
+    try:
+        if spec.path is None:
+            hub_id = spec.hub_id or adapter.hub_id
+            return load_dataset(hub_id, spec.config or adapter.config, split=spec.split)
+        files = local_files(spec)
+        if os.path.isdir(files[0]):
+            root = Path(files[0])
+            if (root / "dataset_info.json").is_file() or (root / "dataset_dict.json").is_file():
+                return _pick_split(load_from_disk(str(root)), spec)
+            return _pick_split(load_dataset("imagefolder", data_dir=str(root)), spec)
+        suffix = Path(files[0]).suffix.lower()
+        kwargs = {"delimiter": "\t"} if suffix == ".tsv" else {}
+        if suffix == ".json" and _json_has_key(files[0]):
+            kwargs["field"] = "data"
+        return load_dataset(_BUILDERS[suffix], data_files={spec.split: files}, split=spec.split, **kwargs)
+    except DataError:
+        raise
+    except Exception as e:  # network, missing split, bad file: one clear message with the cause
+        where = spec.path if spec.path is not None else f"the hub ('{spec.hub_id or adapter.hub_id}')"
+        raise DataError(f"Dataset '{spec.name}': cannot load split '{spec.split}' from {where}: "
+                        f"{type(e).__name__}: {e}") from None
+
+
+def _json_has_key(path: str) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+    return head.startswith(b"{") and b'"data"' in head
+
+
+def _pick_split(data, spec: DatasetSpec):
+    from datasets import DatasetDict
+
+    if not isinstance(data, DatasetDict):
+        return data
+    if spec.split in data:
+        return data[spec.split]
+    if len(data) == 1:
+        return next(iter(data.values()))
+    raise DataError(f"Dataset '{spec.name}': no split '{spec.split}' in {spec.path}; it has {sorted(data)}.")
+
+
+def _raw_rows(ds):
+    """Rows as stored (an image as its {bytes, path} struct, undecoded), without rewriting the data:
+    a broken image then skips its row instead of failing the run."""
+    table = ds.with_format("arrow")
+    return lambda index: table[index].to_pylist()[0]
+
+
+# --------------------------------------------------------------------------------------------
+# the entry point
+
+
+def load_adapted(spec: DatasetSpec) -> list[dict]:
+    """Up to `spec.n` canonical examples, from a seeded permutation of the split's rows."""
+    adapter = ADAPTERS[spec.name]
+    check_spec(spec)
+    ds = open_dataset(spec, adapter)
+    raw_row = _raw_rows(ds)
+    image_root = Path(spec.image_root).expanduser() if spec.image_root else None
+    hub_id = (spec.hub_id or adapter.hub_id) if spec.path is None else None
+    order = list(range(len(ds)))
+    random.Random(spec.seed).shuffle(order)
+
+    examples: list[dict] = []
+    skipped: Counter[str] = Counter()
+    skipped_ids: list[str] = []
+    read = 0
+    for index in order:
+        if len(examples) >= spec.n:
+            break
+        read += 1
+        raw = raw_row(index)
+        key = adapter.row_key(raw, spec)
+        rid = f"{adapter.name}-{index if _missing(key) else key}"
+        row = Row(spec, adapter, index, image_root, hub_id, rid)
+        try:
+            examples.append(adapter.convert(raw, row))
+        except BadRow as e:
+            if spec.on_bad_row == "stop":
+                raise DataError(f"Dataset '{spec.name}' (split '{spec.split}'): row {rid} cannot be used: {e}. "
+                                "Fix the data, or set on_bad_row: skip to skip such rows.") from None
+            skipped[_reason(str(e))] += 1
+            if len(skipped_ids) < MAX_LOGGED_IDS:
+                skipped_ids.append(rid)
+
+    if skipped:
+        reasons = ", ".join(f"{r}: {c}" for r, c in skipped.most_common())
+        log.warning("%s/%s: skipped %d of %d rows read (%s); first skipped: %s", spec.name, spec.split,
+                    sum(skipped.values()), read, reasons, ", ".join(skipped_ids))
+    log.info("%s/%s: %d examples from %d rows read (split has %d)", spec.name, spec.split, len(examples),
+             read, len(ds))
+    if not examples:
+        raise DataError(f"Dataset '{spec.name}' (split '{spec.split}') has no usable row"
+                        + (f" ({', '.join(skipped)})." if skipped else "."))
+    return examples
+
+
+def _reason(message: str) -> str:
+    """Group messages by kind for the summary: 'gold 'X' not among options' -> 'gold not among options'."""
+    for kind in ("not among options", "disagrees with option", "no options", "unreadable image",
+                 "image file not found", "image download failed", "no image", "not contiguous"):
+        if kind in message:
+            return {"not among options": "gold not among options",
+                    "disagrees with option": "gold letter and text disagree"}.get(kind, kind)
+    return message
