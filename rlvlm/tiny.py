@@ -80,7 +80,7 @@ def tokenizer_corpus(seed: int, n: int = 3000) -> list[str]:
     from rlvlm.data import shapes
     from rlvlm.perturb import CONDITIONS, perturb
 
-    lines = []
+    lines = ["user\n", "assistant\n", "system\n"] * 50
     for i, ex in enumerate(shapes.generate_examples("train", n, seed=seed)):
         condition = CONDITIONS[i % len(CONDITIONS)]
         p = perturb(ex, condition, seed=i)

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rlvlm.recipe import WarmStartSection
+from rlvlm.recipe import WarmStartSection, bf16_available
 
 
 def response_for(example: dict, letter: str, seed: int = 0) -> str:
@@ -29,7 +29,7 @@ def sft_rows(section: WarmStartSection) -> list[dict]:
     rows = []
     for i, ex in enumerate(shapes.generate_examples("train", section.n_examples, seed=section.seed)):
         prompt = perturb(ex, "base", seed=section.seed + i)["prompt"]
-        completion = [{"role": "assistant", "content": response_for(ex, ex["answer"], seed=i)}]
+        completion = [{"role": "assistant", "content": response_for(ex, ex["answer"], seed=i // 16)}]  # phrasing independent of family and gold letter
         rows.append({"prompt": prompt, "completion": completion, "images": [ex["image"]]})
     return rows
 
@@ -59,7 +59,7 @@ def warm_start(base: str | Path, section: WarmStartSection, progress: bool = Tru
         per_device_train_batch_size=section.batch_size,
         learning_rate=section.learning_rate,
         lr_scheduler_type="cosine",
-        warmup_ratio=0.05,
+        warmup_steps=0.05,
         weight_decay=0.0,
         logging_steps=20,
         save_strategy="no",
@@ -68,6 +68,7 @@ def warm_start(base: str | Path, section: WarmStartSection, progress: bool = Tru
         max_length=None,
         disable_tqdm=not progress,
         dataloader_num_workers=0,
+        bf16=bf16_available(),
     )
     trainer = SFTTrainer(model=str(base), args=args, train_dataset=dataset, processing_class=processor)
     trainer.train()
