@@ -377,6 +377,9 @@ class Evaluator:
     """Prompts built once (per processor); `run(model, step)` evaluates them."""
 
     def __init__(self, processor, eval_sets: dict[str, list[dict]], section, conditions=None):
+        from rlvlm.prefill import ensure_prefill
+
+        ensure_prefill(processor)  # *_think conditions continue an open <think>
         self.processor = processor
         self.section = section
         self.conditions = resolve_conditions(conditions if conditions is not None else section.conditions)

@@ -10,6 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from rlvlm.prefill import qwen_chat_template
+
 TINY_ALIAS = "rlvlm/tiny-qwen2.5-vl"
 TINY_VERSION = 1  # bump when the architecture, tokenizer or corpus changes: the cache key includes it
 
@@ -26,25 +28,9 @@ SPECIAL_TOKENS = [
 # and the tiny model does not have to learn to spell them.
 TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
 
-# Qwen2-VL's template without the default system turn (short prompts keep the CPU model fast).
-# One addition, rlvlm's pre-fill: when the conversation ends with an assistant turn and a generation
-# prompt is requested, that turn is left open so the model continues it instead of starting a new turn.
-# TRL's GRPOTrainer always renders with add_generation_prompt=True, so pre-filled thinks work in
-# training without touching the trainer.
-CHAT_TEMPLATE = (
-    "{% set prefill = add_generation_prompt and messages[-1]['role'] == 'assistant' %}"
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' or 'image' in part %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{% elif part['type'] == 'video' or 'video' in part %}{{ '<|vision_start|><|video_pad|><|vision_end|>' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}"
-    "{% endif %}{% endfor %}{% endif %}"
-    "{% if not (loop.last and prefill) %}{{ '<|im_end|>\\n' }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt and not prefill %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
-)
+# Qwen2-VL's template without the default system turn (short prompts keep the CPU model fast), with
+# rlvlm's open pre-fill rule (see rlvlm.prefill).
+CHAT_TEMPLATE = qwen_chat_template(default_system=None)
 
 TINY_TEXT = dict(
     hidden_size=128,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+from collections import Counter
 from pathlib import Path
 
 from rlvlm.recipe import Recipe, RecipeError
@@ -10,23 +13,59 @@ from rlvlm.recipe import Recipe, RecipeError
 log = logging.getLogger("rlvlm")
 
 
-def grpo_rows(examples: list[dict], seed: int) -> list[dict]:
-    """Canonical examples -> GRPOTrainer rows: a conversational prompt, the image, and reward columns."""
-    from rlvlm.perturb import perturb
+def _as_blocks(prompt: list[dict]) -> list[dict]:
+    """String contents as text blocks: Arrow needs one type per column, and the pre-fill turn is a string."""
+    return [
+        {**m, "content": [{"type": "text", "text": m["content"]}]} if isinstance(m["content"], str) else m
+        for m in prompt
+    ]
+
+
+def grpo_rows(examples: list[dict], seed: int, probs: dict[str, float] | None = None, epoch: int = 0) -> list[dict]:
+    """Canonical examples -> GRPOTrainer rows: a conversational prompt, the image, and reward columns.
+
+    With `probs`, each example is perturbed under a condition drawn deterministically from
+    (seed, example id, epoch) — the paper's adversarial augmentation; otherwise every row is "base"."""
+    from rlvlm.perturb import augment, perturb
 
     rows = []
     for i, ex in enumerate(examples):
-        p = perturb(ex, "base", seed=seed + i)
+        p = augment(ex, probs, seed=seed, epoch=epoch) if probs else perturb(ex, "base", seed=seed + i)
         rows.append(
             {
                 "id": p["id"],
-                "prompt": p["prompt"],
+                "prompt": _as_blocks(p["prompt"]),
                 "image": p["image"],
                 "answer": p["answer"],
                 "options": p["options"],
                 "think_prefix": p["think_prefix"],
                 "condition": p["condition"],
             }
+        )
+    return rows
+
+
+def epochs_needed(config, n_examples: int) -> int:
+    """How many passes over the data a run makes (each pass gets its own augmentation draw)."""
+    if config.max_steps and config.max_steps > 0:
+        prompts = config.max_steps * config.generation_batch_size // config.num_generations
+        return max(1, math.ceil(prompts * config.world_size / max(1, n_examples)))
+    return max(1, math.ceil(config.num_train_epochs))
+
+
+def training_rows(recipe: Recipe, examples: list[dict], config) -> list[dict]:
+    """Rows for the whole run: one augmentation draw per epoch, with the realised mix logged and saved."""
+    probs = recipe.augmentation.probs
+    epochs = epochs_needed(config, len(examples)) if probs else 1
+    rows = [row for epoch in range(epochs) for row in grpo_rows(examples, config.seed, probs, epoch)]
+    if probs:
+        mix = Counter(row["condition"] for row in rows)
+        realised = {c: round(k / len(rows), 4) for c, k in sorted(mix.items())}
+        log.info("augmentation over %d epochs x %d examples, realised mix: %s", epochs, len(examples), realised)
+        out = Path(config.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "augmentation_mix.json").write_text(
+            json.dumps({"requested": probs, "realised": realised, "counts": dict(mix), "epochs": epochs}, indent=1)
         )
     return rows
 
@@ -90,6 +129,7 @@ def build_trainer(recipe: Recipe, progress: bool = True):
     from rlvlm.data.load import load_examples
     from rlvlm.finetune import freeze_vision_tower, peft_config
     from rlvlm.models import resolve_model
+    from rlvlm.prefill import ensure_prefill
 
     model_path = resolve_model(recipe.model, recipe.warm_start, progress=progress)
     processor = AutoProcessor.from_pretrained(model_path)
@@ -97,7 +137,11 @@ def build_trainer(recipe: Recipe, progress: bool = True):
     config = recipe.grpo_config()
     reward_funcs, weights = load_rewards(recipe.rewards)
     config.reward_weights = weights
-    train = Dataset.from_list(grpo_rows(load_examples(recipe.data.train), seed=config.seed))
+    ensure_prefill(processor)  # pre-filled thinks stay open under TRL's add_generation_prompt=True
+    rows = training_rows(recipe, load_examples(recipe.data.train), config)
+    if len(rows) > len(set(r["id"] for r in rows)) and config.max_steps <= 0:
+        config.num_train_epochs = 1  # the rows already hold every epoch, each with its own augmentation draw
+    train = Dataset.from_list(rows)
     trainer = GRPOTrainer(
         model=model_path,
         reward_funcs=reward_funcs,
