@@ -120,7 +120,7 @@ def validate(recipe: Recipe) -> None:
         raise RecipeError(f"Invalid GRPO settings: {e}") from None
 
 
-def build_trainer(recipe: Recipe, progress: bool = True):
+def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None = None):
     from datasets import Dataset
     from transformers import AutoProcessor
     from trl import GRPOTrainer
@@ -132,6 +132,12 @@ def build_trainer(recipe: Recipe, progress: bool = True):
     from rlvlm.prefill import ensure_prefill
 
     model_path = resolve_model(recipe.model, recipe.warm_start, progress=progress)
+    if resume_from and not recipe.peft.enabled:
+        # transformers' Trainer._load_from_checkpoint loads a Qwen2.5-VL checkpoint without its key
+        # conversion (a "missing keys" warning) and keeps the starting weights. Building the model from
+        # the checkpoint with from_pretrained, which converts, restores them; the Trainer still restores
+        # the optimizer, scheduler, RNG and step.
+        model_path = resume_from
     processor = AutoProcessor.from_pretrained(model_path)
     processor.tokenizer.padding_side = "left"
     config = recipe.grpo_config()
@@ -164,7 +170,7 @@ def build_trainer(recipe: Recipe, progress: bool = True):
 def train(recipe: Recipe, progress: bool = True) -> Path:
     validate(recipe)
     resume = check_run_dir(recipe)
-    trainer = build_trainer(recipe, progress=progress)
+    trainer = build_trainer(recipe, progress=progress, resume_from=resume or None)
     trainer.train(resume_from_checkpoint=resume or None)
     trainer.save_state()
     return Path(recipe.grpo["output_dir"])

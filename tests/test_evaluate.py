@@ -327,7 +327,7 @@ def test_resume_never_duplicates_or_drops(trained_run, tmp_path):
     # a crash after checkpoint-2 was saved but before its evaluation was written
     ev.replace_jsonl(trace, [r for r in original if r["step"] != 2])
     raw = raw_recipe(run, trained_run["tmp"], max_steps=3)
-    trainer = build_trainer(build_recipe(raw), progress=False)
+    trainer = build_trainer(build_recipe(raw), progress=False, resume_from=str(run / "checkpoint-2"))
     trainer.train(resume_from_checkpoint=str(run / "checkpoint-2"))
     rows = ev.read_jsonl(trace)
     keys = [(r["step"], r["dataset"], r["condition"]) for r in rows]
@@ -336,11 +336,9 @@ def test_resume_never_duplicates_or_drops(trained_run, tmp_path):
     assert [r["step"] for r in rows if r["step"] < 2] == [r["step"] for r in original if r["step"] < 2]
     # step 2, re-evaluated from the resumed checkpoint, should give the same rows
     redone = {r["condition"]: r for r in rows if r["step"] == 2}
-    if not all(same_row(redone[r["condition"]], r) for r in original if r["step"] == 2):
-        pytest.xfail(
-            "resume does not restore the weights: transformers' Trainer._load_from_checkpoint loads the "
-            "checkpoint's legacy Qwen2.5-VL keys (model.layers.*) without the key conversion (missing keys warning)"
-        )
+    for r in original:
+        if r["step"] == 2:
+            assert same_row(redone[r["condition"]], r), "resume must restore the checkpoint's weights"
 
 
 def test_cli_eval_of_checkpoint_reproduces_training_rows(trained_run, tmp_path):
