@@ -38,10 +38,11 @@ class WarmStartSection(Section):
     """Supervised warm-start (TRL SFTTrainer on templated CoTs) of the tiny model; cached."""
 
     enabled: bool = True
-    n_examples: int = Field(4000, gt=0)
+    vision_steps: int = Field(200, ge=0)  # per-cell recognition pre-training of the vision tower first
+    n_examples: int = Field(12800, gt=0)
     epochs: float = Field(3.0, gt=0)
     learning_rate: float = Field(2e-3, gt=0)
-    batch_size: int = Field(32, gt=0)
+    batch_size: int = Field(16, gt=0)
     seed: int = 0
 
 
@@ -330,6 +331,8 @@ def build_recipe(raw: dict[str, Any], path: Path | None = None) -> Recipe:
         rewards = [_validate_section(f"rewards[{i}]", RewardSpec, r) for i, r in enumerate(rewards_raw)]
 
     grpo = {}
+    if isinstance(raw.get("resume_from_checkpoint"), bool):  # `--resume_from_checkpoint true`: the last one
+        raw = {**raw, "resume_from_checkpoint": "true" if raw["resume_from_checkpoint"] else None}
     for key, value in raw.items():
         if key in grpo_fields:
             try:

@@ -1,0 +1,169 @@
+"""The tiny model, tokenizer and processor; recipe errors through the CLI; a short GRPO run end to end."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from rlvlm.data import shapes
+from rlvlm.perturb import perturb
+from rlvlm.recipe import WarmStartSection
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "recipes" / "tiny-shapes.yaml"
+
+
+def test_tiny_build_is_deterministic(tiny_model_path, tmp_path):
+    from safetensors.torch import load_file
+
+    from rlvlm.tiny import build_tiny
+
+    again = build_tiny(seed=0, path=tmp_path / "again", progress=False)
+    assert (again / "tokenizer.json").read_text() == (Path(tiny_model_path) / "tokenizer.json").read_text()
+    a, b = load_file(Path(tiny_model_path) / "model.safetensors"), load_file(again / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    other = build_tiny(seed=1, path=tmp_path / "other", progress=False)
+    c = load_file(other / "model.safetensors")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_processor_image_tokens_match_the_vision_features(tiny_model_path):
+    processor = AutoProcessor.from_pretrained(tiny_model_path)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_path)
+    examples = shapes.generate_examples("eval", 2)
+    texts = processor.apply_chat_template([perturb(e, "base", 0)["prompt"] for e in examples], add_generation_prompt=True, tokenize=False)
+    enc = processor(text=texts, images=[[e["image"]] for e in examples], padding=True, return_tensors="pt")
+    n_image_tokens = int((enc["input_ids"] == model.config.image_token_id).sum())
+    with torch.no_grad():
+        features = model.model.get_image_features(pixel_values=enc["pixel_values"], image_grid_thw=enc["image_grid_thw"])
+    tokens = features.pooler_output if hasattr(features, "pooler_output") else features
+    n_features = sum(t.shape[0] for t in tokens) if isinstance(tokens, (list, tuple)) else tokens.shape[0]
+    grid = shapes.GRID
+    assert n_image_tokens == n_features == 2 * grid * grid  # one merged token per shapes cell
+    out = model.generate(**enc, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == enc["input_ids"].shape[1] + 3
+
+
+def test_tokenizer_knows_the_tags_and_the_option_letters(tiny_model_path):
+    tok = AutoProcessor.from_pretrained(tiny_model_path).tokenizer
+    for tag in ("<think>", "</think>", "<answer>", "</answer>"):
+        assert tok.tokenize(tag) == [tag]
+    for letter in "ABCD":
+        assert tok.tokenize(letter) == [letter]
+    text = "<think>I count the red circles: there are 2. So the answer is (C) 2.</think><answer>C</answer>"
+    assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "rlvlm", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--max_stpes", "4"], "Did you mean 'max_steps'"),
+        (["--max_steps", "four"], "max_steps"),
+        (["--model.nme", "x"], "Did you mean 'model.name'"),
+        (["--model.name", "./no/such/model"], "does not exist"),
+        (["--warm_start.epochs", "-1"], "warm_start.epochs"),
+        (["--rewards", "[{name: nope}]"], "Unknown reward 'nope'"),
+    ],
+)
+def test_bad_overrides_exit_2_with_a_message(args, needle, tmp_path):
+    r = _cli("train", str(RECIPE), "--output_dir", str(tmp_path / "run"), *args)
+    assert r.returncode == 2, r.stderr
+    assert needle in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_and_broken_recipes_exit_2(tmp_path):
+    r = _cli("train", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\nmodel: [unclosed\n")
+    r = _cli("train", str(broken))
+    assert r.returncode == 2 and "not valid YAML" in r.stderr and "Traceback" not in r.stderr
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    assert _cli("train", str(listy)).returncode == 2
+
+
+def test_existing_run_dir_is_refused_not_overwritten(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "keep.txt").write_text("mine")
+    r = _cli("train", str(RECIPE), "--output_dir", str(run))
+    assert r.returncode == 2 and "already exists" in r.stderr and "--resume_from_checkpoint" in r.stderr
+    assert (run / "keep.txt").read_text() == "mine"
+    r = _cli("train", str(RECIPE), "--output_dir", str(run), "--resume_from_checkpoint", "true")
+    assert r.returncode == 2 and "no checkpoint" in r.stderr
+
+
+def test_every_command_has_help():
+    for command in ("train", "eval", "report"):
+        r = _cli(command, "--help")
+        assert r.returncode == 0 and "usage" in r.stdout
+
+
+def test_default_run_dir_is_runs_recipe_name():
+    from rlvlm.recipe import load_recipe
+
+    assert load_recipe(RECIPE).grpo["output_dir"] == str(Path("runs") / "tiny-shapes")
+
+
+def test_warm_start_rows_teach_correct_reasoning():
+    from rewards.accuracy import accuracy_reward
+    from rewards.faithfulness import consistency_reward
+    from rewards.format import format_reward
+    from rlvlm.warmstart import sft_rows
+
+    rows = sft_rows(WarmStartSection(n_examples=64))
+    completions = [r["completion"] for r in rows]
+    examples = shapes.generate_examples("train", 64)
+    answers, options = [e["answer"] for e in examples], [e["options"] for e in examples]
+    assert accuracy_reward(completions, answers, options=options) == [1.0] * 64
+    assert format_reward(completions) == [1.0] * 64
+    assert consistency_reward(completions, options=options) == [1.0] * 64
+
+
+def test_two_step_grpo_run_writes_a_checkpoint_that_reloads_and_generates(tiny_model_path, tmp_path):
+    """`rlvlm train` end to end on the (untrained) tiny model: checkpoints, trace, reload, generate."""
+    recipe = yaml.safe_load(RECIPE.read_text())
+    recipe.update(
+        warm_start={"enabled": False},
+        data={"train": {"name": "shapes", "n": 16}, "eval": [{"name": "shapes", "split": "eval", "n": 4}]},
+        evaluation={"conditions": ["base", "wrong_think"], "max_new_tokens": 8, "batch_size": 8},
+        num_generations=2, per_device_train_batch_size=4, max_completion_length=8,
+        max_steps=2, save_steps=2, logging_steps=1,
+        # an untrained model earns no accuracy; a plugin reward with spread makes GRPO move the weights
+        rewards=[{"name": "accuracy"}, {"name": f"{tmp_path / 'plugin.py'}:length", "weight": 0.1}],
+    )
+    (tmp_path / "plugin.py").write_text(
+        "def length(completions, **kwargs):\n"
+        "    return [float(len(c if isinstance(c, str) else c[0]['content'])) for c in completions]\n"
+    )
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run = tmp_path / "run"
+    from rlvlm.cli import main
+
+    assert main(["train", str(path), "--output_dir", str(run), "--quiet"]) == 0
+    ckpt = run / "checkpoint-2"
+    assert ckpt.is_dir()
+    rows = [json.loads(line) for line in (run / "eval" / "trace.jsonl").read_text().splitlines()]
+    assert sorted({(r["step"], r["condition"]) for r in rows}) == [(0, "base"), (0, "wrong_think"), (2, "base"), (2, "wrong_think")]
+    model = AutoModelForImageTextToText.from_pretrained(ckpt)
+    processor = AutoProcessor.from_pretrained(ckpt)
+    ex = perturb(shapes.generate_examples("eval", 1)[0], "base", 0)
+    text = processor.apply_chat_template(ex["prompt"], add_generation_prompt=True, tokenize=False)
+    enc = processor(text=[text], images=[[ex["image"]]], return_tensors="pt")
+    out = model.generate(**enc, max_new_tokens=4, do_sample=False)
+    assert out.shape[1] == enc["input_ids"].shape[1] + 4
+    # the checkpoint differs from where it started: GRPO updated the weights
+    start = AutoModelForImageTextToText.from_pretrained(tiny_model_path)
+    assert any(not torch.equal(p, q) for p, q in zip(start.state_dict().values(), model.state_dict().values()))
