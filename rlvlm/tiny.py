@@ -72,7 +72,7 @@ def tokenizer_corpus(seed: int, n: int = 3000) -> list[str]:
         p = perturb(ex, condition, seed=i)
         user = "".join(part.get("text", "") for part in p["prompt"][0]["content"])
         lines.append(user)
-        lines.append(f"<think>{shapes.cot_for(ex, ex['answer'])}</think><answer>{ex['answer']}</answer>")
+        lines.append(f"<think>{shapes.cot_for(ex, ex['answer'], seed=i // 16)}</think><answer>{ex['answer']}</answer>")
         if p.get("think_prefix"):
             lines.append(p["think_prefix"])
     return lines

@@ -413,6 +413,46 @@ def _claimed_counts(example: dict, letter: str) -> dict[str, int]:
     return counts
 
 
+def _tally_spec(question: str) -> tuple[str, str, str, str | None, str | None]:
+    """(group words, tally key, the key value the question asks about, colour filter, shape filter)."""
+    if m := _Q_COUNT.match(question):
+        color, shape = m.group(1), m.group(2)
+        if shape == "object":
+            return "objects", "colour", color, None, None
+        if color is None:
+            return "objects", "shape", shape, None, None
+        return _plural(shape), "colour", color, None, shape
+    if m := _Q_COLOR_OF.match(question):
+        return _plural(m.group(1)), "colour", None, None, m.group(1)
+    if m := _Q_SHAPE_OF.match(question):
+        return f"{m.group(1)} objects", "shape", None, m.group(1), None
+    raise ValueError(f"no tally for {question!r}")
+
+
+def _tally(scene: dict, key: str, color: str | None, shape: str | None) -> dict[str, int]:
+    values = COLORS if key == "colour" else SHAPES
+    counts = dict.fromkeys(values, 0)
+    for o in scene["objects"]:
+        if (color is None or o["color"] == color) and (shape is None or o["shape"] == shape):
+            counts[o["color"] if key == "colour" else o["shape"]] += 1
+    return counts
+
+
+def _claimed_tally(example: dict, letter: str) -> tuple[str, str, dict[str, int]]:
+    """The tally behind option ``letter``: the truth for gold; for a wrong letter, the truth changed
+    just enough to imply it (the asked count set to the claim, or the attribute's counts swapped)."""
+    q = example["question"]
+    group, key, asked, color, shape = _tally_spec(q)
+    counts = _tally(example["scene"], key, color, shape)
+    claimed = example["options"][_letter_index(example, letter)]
+    if _Q_COUNT.match(q):
+        counts[asked] = int(claimed)
+    else:
+        gold = solve(example["scene"], q)
+        counts[gold], counts[claimed] = counts[claimed], counts[gold]
+    return group, key, counts
+
+
 def _conclusion(example: dict, letter: str) -> str:
     text = example["options"][_letter_index(example, letter)]
     return f"So the answer is ({letter.strip().upper()}) {text}."
@@ -429,19 +469,19 @@ def cot_for(example: dict, letter: str, seed: int = 0) -> str:
     option = example["options"][idx]
     q = example["question"]
     v = seed % 2
-    if _Q_COUNT.match(q):
-        plural, _ = _count_subject(q)
-        n = int(option)
-        body = (f"I count the {plural}: there {'is' if n == 1 else 'are'} {n}." if v == 0
-                else f"Let me count the {plural}. I see {n}.")
-    elif m := _Q_COLOR_OF.match(q):
-        shape = m.group(1)
-        body = (f"I look for the {shape}. It is {option}." if v == 0
-                else f"The only {shape} in the picture is {option}.")
-    elif m := _Q_SHAPE_OF.match(q):
-        color = m.group(1)
-        body = (f"I look for the {color} object. It is a {option}." if v == 0
-                else f"The only {color} object in the picture is a {option}.")
+    if _Q_COUNT.match(q) or _Q_COLOR_OF.match(q) or _Q_SHAPE_OF.match(q):
+        # Counting and attribute questions reason through a tally of the relevant objects: the step a
+        # from-scratch model can learn (it is the same tally the compare family uses).
+        group, key, counts = _claimed_tally(example, letter)
+        lead = f"{group.capitalize()} by {key}" if v == 0 else f"Sorting the {group} by {key}"
+        tally = ", ".join(f"{k} {n}" for k, n in counts.items())
+        if _Q_COUNT.match(q):
+            plural, singular = _count_subject(q)
+            n = int(option)
+            step = f"There {'is' if n == 1 else 'are'} {n} {singular if n == 1 else plural}."
+        else:
+            step = f"It is {'a ' if key == 'shape' else ''}{option}."
+        body = f"{lead}: {tally}. {step}"
     elif m := _Q_WHERE.match(q):
         a, b = f"{m.group(1)} {m.group(2)}", f"{m.group(3)} {m.group(4)}"
         line = "row" if option in ("left of", "right of") else "column"
@@ -504,6 +544,8 @@ _REL_CLAIMS = {
     "below": re.compile(r"\b(?:below|further down)\b", re.I),
 }
 _LINE_CLAIM = re.compile(r"\bshare a (row|column)\b", re.I)
+_TALLY_CLAIM = re.compile(rf"\bby (?:colour|shape): ((?:(?:{_C}|{_S}) \d+(?:, )?)+)", re.I)
+_TALLY_ITEM = re.compile(rf"\b({_C}|{_S}) (\d+)\b", re.I)
 _COLOR_COUNT_CLAIM = re.compile(rf"\b({_C}) (\d+)\b", re.I)
 _EXTREME_CLAIMS = (
     (re.compile(rf"\b({_C}) has the (most|fewest)\b", re.I), None),
@@ -532,6 +574,13 @@ def statement_is_true(example: dict, text: str, include_conclusion: bool = True)
         if include_conclusion:
             checks.append(example["options"][_letter_index(example, m.group(1))] == truth)
     body = _CONCLUSION.sub(" ", text)
+    if _Q_COUNT.match(q) or _Q_COLOR_OF.match(q) or _Q_SHAPE_OF.match(q):
+        _, key, _, color, shape = _tally_spec(q)
+        truth_tally = _tally(scene, key, color, shape)
+        for m in _TALLY_CLAIM.finditer(body):
+            for value, n in _TALLY_ITEM.findall(m.group(1)):
+                checks.append(truth_tally.get(value.lower()) == int(n))
+        body = _TALLY_CLAIM.sub(" ", body)
     if _Q_COUNT.match(q):
         for pattern in _COUNT_CLAIMS:
             for w in pattern.findall(body):
