@@ -621,7 +621,7 @@ def evaluate_cli(args, overrides: dict) -> int:
     path = resolve_model(section, recipe.warm_start, progress=not getattr(args, "quiet", False))
     try:
         model, processor = load_model(path, recipe.model.dtype)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # not a model directory, or one without a processor
         raise RecipeError(
             f"Cannot load model '{args.model}': it is neither a model directory nor a model id available offline ({e})."
         ) from None
