@@ -312,36 +312,16 @@ class JudgeReward:
                 self._client = None
 
 
-def make_judge_reward(
-    base_url=None,
-    model=DEFAULT_JUDGE_MODEL,
-    api_key_env=None,
-    timeout=10.0,
-    max_retries=2,
-    backoff=0.5,
-    concurrency=8,
-    prompt_template=None,
-    local_model=None,
-    **kwargs,
-) -> JudgeReward:
+def make_judge_reward(**kwargs) -> JudgeReward:
     """A judge-based consistency reward (``__name__ == "judge_consistency"``).
 
     ``base_url``: an OpenAI-compatible server (``http://host:8000/v1``); ``model``:
     the model name it serves; ``api_key_env``: the NAME of the environment variable
     holding the key; ``local_model``: a transformers causal-LM path (or a
-    ``(model, tokenizer)`` pair) to judge locally instead. Extra keyword arguments:
+    ``(model, tokenizer)`` pair) to judge locally instead. Other keyword arguments (see
+    :class:`JudgeReward`): ``timeout``, ``max_retries``, ``backoff``, ``concurrency``,
+    ``prompt_template``,
     ``max_tokens`` (default 16) and ``extra_body`` (merged into the request, e.g.
     ``{"chat_template_kwargs": {"enable_thinking": False}}`` for Qwen3 on vLLM).
     """
-    return JudgeReward(
-        base_url=base_url,
-        model=model,
-        api_key_env=api_key_env,
-        timeout=timeout,
-        max_retries=max_retries,
-        backoff=backoff,
-        concurrency=concurrency,
-        prompt_template=prompt_template,
-        local_model=local_model,
-        **kwargs,
-    )
+    return JudgeReward(**kwargs)
