@@ -12,11 +12,9 @@ USAGE_ERROR = 2
 
 
 def _train(args: argparse.Namespace, extra: list[str]) -> int:
-    from rlvlm.train import train, validate, check_run_dir
+    from rlvlm.train import train
 
     recipe = load_recipe(args.recipe, parse_overrides(extra))
-    validate(recipe)
-    check_run_dir(recipe)
     out = train(recipe, progress=not args.quiet)
     print(f"rlvlm: run finished in {out}")
     return 0

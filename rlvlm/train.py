@@ -48,8 +48,9 @@ def grpo_rows(examples: list[dict], seed: int, probs: dict[str, float] | None = 
 def epochs_needed(config, n_examples: int) -> int:
     """How many passes over the data a run makes (each pass gets its own augmentation draw)."""
     if config.max_steps and config.max_steps > 0:
+        # generation_batch_size is already global (all processes) and spans one optimizer step
         prompts = config.max_steps * config.generation_batch_size // config.num_generations
-        return max(1, math.ceil(prompts * config.world_size / max(1, n_examples)))
+        return max(1, math.ceil(prompts / max(1, n_examples)))
     return max(1, math.ceil(config.num_train_epochs))
 
 
@@ -87,7 +88,7 @@ def check_run_dir(recipe: Recipe) -> bool | str:
     resume = recipe.grpo.get("resume_from_checkpoint")
     has_content = output_dir.is_dir() and any(output_dir.iterdir())
     if resume:
-        if resume in (True, "true", "True", "last"):
+        if resume in ("true", "True", "last"):  # a YAML `true` arrives as "true" (see recipe.build_recipe)
             ckpt = last_checkpoint(output_dir)
             if ckpt is None:
                 raise RecipeError(f"Cannot resume: '{output_dir}' holds no checkpoint-* directory.")
