@@ -39,6 +39,7 @@ Importing this module pulls in no torch.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import time
@@ -169,7 +170,9 @@ def _without_prefill(prompt) -> list[dict]:
 # ----------------------------------------------------------------------------- the forward pass
 
 
+@functools.lru_cache(maxsize=64)
 def _letter_ids(tokenizer, n: int) -> list[int]:
+    """Token ids of the first n option letters (cached: called for every scored row of every step)."""
     ids = []
     for letter in LETTERS[:n]:
         pieces = tokenizer.tokenize(letter)
@@ -232,19 +235,10 @@ def _image_key(image) -> tuple:
 
 
 def _dist_max(n: int) -> int:
-    """The largest ``n`` over all processes (collective forwards under FSDP / ZeRO-3 must match)."""
-    try:
-        import torch
-        import torch.distributed as dist
-    except ImportError:
-        return n
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
-        return n
-    backend = dist.get_backend()
-    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
-    t = torch.tensor([n], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
+    """The largest ``n`` over all training processes (collective forwards under FSDP / ZeRO-3 must match)."""
+    from accelerate.utils import gather_object
+
+    return max(gather_object([n]))
 
 
 # ----------------------------------------------------------------------------- the reward
@@ -265,6 +259,7 @@ class CounterfactualReward:
         self.seed = int(seed)
         self._fixed = (model, processor) if model is not None else None
         self._trainer = None
+        self._collective = True
         self.stats = {"scored": 0, "unscorable": 0, "forwards": 0, "seconds": 0.0}
         self._warned = False
 
@@ -277,16 +272,18 @@ class CounterfactualReward:
         return state
 
     # -- the policy
-    def bind(self, model, processor) -> "CounterfactualReward":
-        """Score with this fixed (model, processor)."""
+    def bind(self, model, processor, collective: bool = True) -> "CounterfactualReward":
+        """Score with this fixed (model, processor); `collective=False` when only this process calls it."""
         self._fixed = (model, processor)
         self._trainer = None
+        self._collective = collective
         return self
 
     def bind_trainer(self, trainer) -> "CounterfactualReward":
         """Score with ``trainer.model`` / ``trainer.processing_class`` as they are at each call."""
         self._trainer = weakref.ref(trainer)
         self._fixed = None
+        self._collective = True
         return self
 
     def policy(self):
@@ -378,7 +375,9 @@ class CounterfactualReward:
 
         # Under FSDP / ZeRO-3 every process must run the same number of forward passes.
         n_batches = -(-len(req_texts) // self.batch_size)
-        total_batches = _dist_max(n_batches)
+        # A scorer called on one process alone (the evaluator scores on the main process) must not enter
+        # a collective the other processes never join.
+        total_batches = _dist_max(n_batches) if self._collective else n_batches
         if total_batches > n_batches:
             pad = (total_batches - 1) * self.batch_size + 1 - len(req_texts)
             filler = (req_texts[:1], req_images[:1], req_n[:1]) if req_texts else self._filler(prompts, image, images)

@@ -197,7 +197,11 @@ class Reward:
         if self.log_consistency:
             from rewards.faithfulness import consistency_reward
 
-            values = consistency_reward(completions, options=kwargs.get("options"), think_prefix=kwargs.get("think_prefix"))
+            # reuse a consistency gate already computed for this batch instead of scoring it twice
+            values = next((v for (_, fn), v in zip(self.components, results) if fn is consistency_reward), None)
+            if values is None:
+                values = consistency_reward(completions, options=kwargs.get("options"), think_prefix=kwargs.get("think_prefix"))
+            values = [v for v in values if v is not None]
             if values:
                 log_metric("consistency_rate", sum(values) / len(values))
 

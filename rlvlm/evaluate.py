@@ -441,7 +441,7 @@ class Evaluator:
                 if _state().is_main_process:
                     try:
                         if hasattr(self.scorer, "bind"):  # a policy-based scorer (counterfactual) reads this model
-                            self.scorer.bind(model, self.processor)
+                            self.scorer.bind(model, self.processor, collective=False)  # main process only
                         records = score(items, [o[0] for o in outputs], [o[1] for o in outputs], self.scorer)
                         result = aggregate(step, records, base_records)
                     except Exception as e:  # noqa: BLE001 - reported on every process below
