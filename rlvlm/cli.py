@@ -17,7 +17,18 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
     recipe = load_recipe(args.recipe, parse_overrides(extra))
     out = train(recipe, progress=not args.quiet)
     print(f"rlvlm: run finished in {out}")
+    _end_distributed()
     return 0
+
+
+def _end_distributed() -> None:
+    """Leave the process group together: a rank that exits while another still holds its gloo/NCCL
+    connections can be aborted (SIGABRT) at interpreter shutdown."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    state.wait_for_everyone()
+    state.destroy_process_group()
 
 
 def _eval(args: argparse.Namespace, extra: list[str]) -> int:

@@ -27,9 +27,13 @@ def resolve_model(section: ModelSection, warm_start: WarmStartSection, progress:
     """The tiny alias builds (and warm-starts) the embedded model, cached; anything else passes through."""
     if not is_tiny(section):
         return str(Path(section.name).expanduser()) if Path(section.name).expanduser().exists() else section.name
+    from accelerate import PartialState
+
     from rlvlm.tiny import build_tiny
 
-    path = build_tiny(seed=section.seed, progress=progress)
+    # transformers writes model files from rank 0 only once torch.distributed is up, so rank 0 builds.
+    with PartialState().main_process_first():
+        path = build_tiny(seed=section.seed, progress=progress)
     if warm_start.enabled:
         from rlvlm.warmstart import warm_start as run_warm_start
 

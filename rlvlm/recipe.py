@@ -194,14 +194,18 @@ class Recipe:
 
     def grpo_kwargs(self) -> dict[str, Any]:
         """The recipe's GRPOConfig keys plus the defaults this machine needs."""
-        kwargs = dict(self.grpo)
-        # TRL defaults to bf16, which a CPU cannot run: fall back to fp32 unless the recipe insists.
-        kwargs.setdefault("bf16", bf16_available())
-        # Several processes without a GPU (launch/accelerate/multi_cpu.yaml): tell accelerate they are
-        # CPU processes, so that they join one gloo process group instead of running alone.
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _gpu_available():
-            kwargs.setdefault("use_cpu", True)
-        return kwargs
+        return {**machine_defaults(), **self.grpo}
+
+
+def machine_defaults() -> dict[str, Any]:
+    """TrainingArguments defaults for this machine, shared by the GRPO run and the warm-start SFT."""
+    # TRL defaults to bf16, which a CPU cannot run: fall back to fp32 unless the recipe insists.
+    defaults: dict[str, Any] = {"bf16": bf16_available()}
+    # Several processes without a GPU (launch/accelerate/multi_cpu.yaml): tell accelerate they are
+    # CPU processes, so that they join one gloo process group instead of running alone.
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _gpu_available():
+        defaults["use_cpu"] = True
+    return defaults
 
 
 def _gpu_available() -> bool:

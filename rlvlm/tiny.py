@@ -149,23 +149,30 @@ def build_tiny(seed: int = 0, path: Path | None = None, progress: bool = True) -
     path = Path(path) if path else tiny_model_dir(seed)
     if (path / "rlvlm_tiny.json").exists():
         return path
-    from tqdm.auto import tqdm
+    from filelock import FileLock
 
-    steps = tqdm(total=3, desc="build tiny Qwen2.5-VL", disable=not progress)
-    tokenizer = build_tokenizer(seed)
-    steps.update()
-    processor = build_processor(tokenizer)
-    model = build_model(tokenizer, seed)
-    steps.update()
-    # Write to a temporary sibling, then rename: a killed build never leaves a half-written cache.
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
-    model.save_pretrained(tmp)
-    processor.save_pretrained(tmp)
-    (tmp / "rlvlm_tiny.json").write_text(json.dumps({"seed": seed, "version": TINY_VERSION}))
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-    steps.update()
-    steps.close()
+    # Every rank of an `accelerate launch` (and every concurrent job sharing the cache) gets here at once:
+    # one builds, the others wait for it and reuse the result.
+    with FileLock(str(path) + ".lock"):
+        if (path / "rlvlm_tiny.json").exists():
+            return path
+        from tqdm.auto import tqdm
+
+        steps = tqdm(total=3, desc="build tiny Qwen2.5-VL", disable=not progress)
+        tokenizer = build_tokenizer(seed)
+        steps.update()
+        processor = build_processor(tokenizer)
+        model = build_model(tokenizer, seed)
+        steps.update()
+        # Write to a temporary sibling, then rename: a killed build never leaves a half-written cache.
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=path.name + ".tmp"))
+        model.save_pretrained(tmp, is_main_process=True)
+        processor.save_pretrained(tmp)
+        (tmp / "rlvlm_tiny.json").write_text(json.dumps({"seed": seed, "version": TINY_VERSION}))
+        if path.exists():
+            shutil.rmtree(path)  # an incomplete directory from a build that was killed mid-write
+        tmp.rename(path)
+        steps.update()
+        steps.close()
     return path

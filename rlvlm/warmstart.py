@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from rlvlm.recipe import WarmStartSection, bf16_available
+from rlvlm.recipe import WarmStartSection, machine_defaults
 
 
 def response_for(example: dict, letter: str, seed: int = 0) -> str:
@@ -98,6 +98,11 @@ def warm_start(base: str | Path, section: WarmStartSection, progress: bool = Tru
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import SFTConfig, SFTTrainer
 
+    from accelerate import PartialState
+
+    # Under `accelerate launch` every rank takes part (the SFT runs data-parallel, split so the global
+    # batch is the recipe's whatever the world size); rank 0 writes the cache and the others wait for it.
+    state = PartialState()
     processor = AutoProcessor.from_pretrained(base)
     model = AutoModelForImageTextToText.from_pretrained(base)
     if section.vision_steps:
@@ -107,7 +112,7 @@ def warm_start(base: str | Path, section: WarmStartSection, progress: bool = Tru
     args = SFTConfig(
         output_dir=str(tmp),
         num_train_epochs=section.epochs,
-        per_device_train_batch_size=section.batch_size,
+        per_device_train_batch_size=max(1, section.batch_size // state.num_processes),
         learning_rate=section.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
@@ -119,7 +124,7 @@ def warm_start(base: str | Path, section: WarmStartSection, progress: bool = Tru
         max_length=None,
         disable_tqdm=not progress,
         dataloader_num_workers=0,
-        bf16=bf16_available(),
+        **machine_defaults(),
     )
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=processor)
     try:
@@ -128,9 +133,13 @@ def warm_start(base: str | Path, section: WarmStartSection, progress: bool = Tru
         shutil.rmtree(tmp, ignore_errors=True)  # a killed warm-start leaves no half-written cache
         raise
     trainer.save_model(str(tmp))
-    processor.save_pretrained(tmp)
-    (tmp / "rlvlm_warm_start.json").write_text(json.dumps({"base": str(base), **section.model_dump()}))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    if state.is_main_process:
+        processor.save_pretrained(tmp)
+        (tmp / "rlvlm_warm_start.json").write_text(json.dumps({"base": str(base), **section.model_dump()}))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    state.wait_for_everyone()
     return out
