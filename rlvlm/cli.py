@@ -45,6 +45,22 @@ def _report(args: argparse.Namespace, extra: list[str]) -> int:
     return report_cli(args)
 
 
+def _sweep(args: argparse.Namespace, extra: list[str]) -> int:
+    from rlvlm.sweep import sweep_cli
+
+    code = sweep_cli(args, parse_overrides(extra))
+    _end_distributed()
+    return code
+
+
+def _bench(args: argparse.Namespace, extra: list[str]) -> int:
+    from rlvlm.bench import bench_cli
+
+    if extra:
+        raise RecipeError(f"Unexpected argument(s) {' '.join(extra)}; usage: rlvlm bench [--out FILE.json] [--quick].")
+    return bench_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlvlm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +107,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/report for one run, "
                    "./rlvlm-report for several)")
     p.set_defaults(run=_report)
+
+    p = sub.add_parser(
+        "sweep",
+        help="run every (configuration, seed) of a sweep recipe and compare them",
+        description="Run each (configuration, seed) of SWEEP.yaml as an ordinary run under DIR/<config>/seed<N>/ "
+        "(overrides --key value apply to every run; finished runs are skipped on a re-run), then write "
+        "DIR/ablation.json, DIR/ablation.md and plots comparing the configurations.",
+    )
+    p.add_argument("recipe", help="path to the sweep recipe YAML")
+    p.add_argument("--output_dir", default=None, help="sweep directory (default: runs/<sweep name>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=_sweep)
+
+    p = sub.add_parser(
+        "bench",
+        help="measure trainer overhead, evaluator and reward cost (and GPU throughput on a GPU)",
+        description="Time rlvlm against plain TRL on the embedded default, side by side, medians of several "
+        "repeats; print a table and write JSON.",
+    )
+    p.add_argument("--out", default="bench.json", help="JSON file to write (default: bench.json)")
+    p.add_argument("--quick", action="store_true", help="fewer repeats and steps (a smoke run, not a measurement)")
+    p.set_defaults(run=_bench)
     return parser
 
 

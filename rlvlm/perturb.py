@@ -218,7 +218,7 @@ def perturb(example: dict, condition: str, seed: int) -> dict:
     return out
 
 
-def _check_probs(probs: dict[str, float]) -> None:
+def check_probs(probs: dict[str, float]) -> None:
     unknown = [k for k in probs if k not in CONDITIONS]
     if unknown:
         raise ValueError(f"unknown augmentation condition(s) {unknown}; valid conditions: {', '.join(CONDITIONS)}")
@@ -233,7 +233,7 @@ def _check_probs(probs: dict[str, float]) -> None:
 def choose_condition(example: dict, probs: dict[str, float], seed: int, epoch: int) -> tuple[str, int]:
     """(condition, perturbation seed) for one example in one epoch; conditions
     not drawn (the rest of the probability mass) are "base"."""
-    _check_probs(probs)
+    check_probs(probs)
     digest = hashlib.sha256(f"augment|{seed}|{_example_key(example)}|{epoch}".encode()).digest()
     u = int.from_bytes(digest[:8], "big") / 2**64
     perturb_seed = int.from_bytes(digest[8:12], "big")

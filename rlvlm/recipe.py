@@ -116,6 +116,14 @@ class RewardSpec(Section):
 class AugmentationSection(Section):
     probs: dict[str, float] = {}
 
+    @field_validator("probs")
+    @classmethod
+    def _known_conditions(cls, probs: dict[str, float]) -> dict[str, float]:
+        from rlvlm.perturb import check_probs
+
+        check_probs(probs)
+        return probs
+
 
 class PeftSection(Section):
     """LoRA adapters (PEFT) instead of full fine-tuning. Writing the section turns it on

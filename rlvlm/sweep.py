@@ -1,0 +1,481 @@
+"""`rlvlm sweep SWEEP.yaml --output_dir DIR [--key value ...]`: every (configuration, seed) of a sweep
+as an ordinary run, then the ablation across configurations.
+
+A sweep recipe:
+
+    name: paper-ablation-tiny
+    base: tiny-shapes.yaml              # a recipe, relative to this file
+    seeds: [0, 1, 2]
+    overrides: {max_steps: 100}         # optional: every run
+    configs:                            # ordered: name -> recipe overrides, in the recipe's nested form
+      baseline: {}
+      augment:
+        augmentation: {probs: {wrong_caption: 0.1, wrong_think: 0.1}}
+
+Run (config, seed) is `load_recipe(base, overrides)` with, in increasing precedence: the common
+`overrides`, the config's, `seed` and `output_dir: DIR/<config>/seed<seed>`, and the command line's
+`--key value`. Mappings merge key by key into the base recipe's sections (an empty mapping clears
+one); anything else, lists included (`rewards`, `data.eval`), replaces. Every run's recipe is
+validated before the first one trains.
+
+Re-running the sweep: a finished run — its final `trainer_state.json` (written when `train()`
+returns) at the recipe's last step, and the trace holding every (dataset, condition) at that step —
+is skipped; an unfinished run with a checkpoint is resumed from its last complete one; an unfinished
+run without any is moved aside to `seed<N>.incomplete-<k>` (nothing is deleted) and started again.
+
+Then, over the finished runs:
+
+- `DIR/ablation.json`: `{"runs": [{"config", "seed", "run_dir", "final": {condition: {metric: value}}}],
+  "summary": {config: {condition: {metric: {"mean", "std"}}}}}`. `final` holds the trace rows of the
+  run's last evaluated step, metrics `accuracy`, `consistency`, `consistent_accuracy`,
+  `option_entropy`, `p_correct`; with one eval dataset a condition is keyed by its name, with several
+  by `"<dataset>/<condition>"`. `std` is the sample standard deviation over seeds (0.0 with one).
+- `DIR/ablation.md`: mean ± std over seeds per configuration and condition.
+- per eval dataset, from the seed means: `tradeoff_<dataset>.png` (base accuracy against
+  consistency over steps, a line per configuration), `robustness_<dataset>.png` (accuracy under
+  wrong_caption and wrong_think over steps, mean ± std band) and `conditions_<dataset>.png`;
+- `DIR/report/`: `rlvlm report` over every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rlvlm import report
+from rlvlm.recipe import SECTIONS, Recipe, RecipeError, _format_validation, _unknown_key, load_recipe
+
+log = logging.getLogger("rlvlm.sweep")
+
+METRICS = ("accuracy", "consistency", "consistent_accuracy", "option_entropy", "p_correct")
+TABLE_METRICS = {"accuracy": "accuracy", "consistency": "consistency",
+                 "consistent_accuracy": "consistent accuracy", "option_entropy": "option entropy"}
+ROBUSTNESS_CONDITIONS = ("wrong_caption", "wrong_think")
+# Set by the sweep for each run; a sweep-wide value would make the runs collide.
+PER_RUN_KEYS = {"seed": "the sweep's `seeds`", "output_dir": "the sweep's --output_dir",
+                "resume_from_checkpoint": "the sweep itself (it resumes unfinished runs)"}
+TRAINER_STATE = "trainer_state.json"
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    base: str  # a recipe path, relative to the sweep file
+    seeds: list[int] = Field(min_length=1)
+    configs: dict[str, dict[str, Any]] = Field(min_length=1)
+    overrides: dict[str, Any] = {}
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, value):
+        if len(set(value)) != len(value):
+            raise ValueError(f"seeds must be distinct, got {value}")
+        return value
+
+    @field_validator("configs", mode="before")
+    @classmethod
+    def _empty_config(cls, value):
+        # `baseline:` with nothing after it is YAML null: the base recipe unchanged.
+        return {k: ({} if v is None else v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    @field_validator("configs")
+    @classmethod
+    def _dir_names(cls, value):
+        bad = [k for k in value if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", k)]
+        if bad:
+            raise ValueError(f"configuration names become directory names; use letters, digits, '.', '_', '-': {bad}")
+        return value
+
+
+@dataclasses.dataclass
+class SweepRun:
+    config: str
+    seed: int
+    recipe: Recipe
+    state: str = "new"  # new | finished | resume | restart
+    checkpoint: Path | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.recipe.grpo["output_dir"])
+
+    @property
+    def label(self) -> str:
+        return f"{self.config}/seed{self.seed}"
+
+
+# ============================================================================ the sweep recipe
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"Sweep file '{path}' does not exist.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"Sweep '{path}' is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise RecipeError(f"Sweep '{path}' must be a YAML mapping of keys to values, got {type(raw).__name__}.")
+    for key in raw:
+        if key not in SweepSpec.model_fields:
+            raise _unknown_key(key, list(SweepSpec.model_fields), f"the sweep '{path}'")
+    try:
+        return SweepSpec.model_validate({"name": path.stem, **raw})
+    except ValidationError as e:
+        raise RecipeError(f"Invalid sweep '{path}': {_format_validation('sweep', e)}.") from None
+
+
+def flatten(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Nested section mappings -> dotted keys, so that they merge into the base recipe's sections
+    (`{evaluation: {max_new_tokens: 8}}` -> `evaluation.max_new_tokens: 8`)."""
+    flat = {}
+    for key, value in overrides.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update(_dotted(key, value))
+        else:
+            flat[key] = value
+    return flat
+
+
+def _dotted(prefix: str, mapping: dict) -> dict[str, Any]:
+    if not mapping:
+        return {prefix: {}}  # an empty mapping clears what the base recipe had there
+    flat = {}
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            flat.update(_dotted(f"{prefix}.{key}", value))
+        else:
+            flat[f"{prefix}.{key}"] = value
+    return flat
+
+
+def layered(*layers: dict[str, Any]) -> dict[str, Any]:
+    """One override dict from several, later layers winning; a re-set key moves to the end, because
+    load_recipe applies overrides in order (a section set as a whole, then one of its keys)."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            merged.pop(key, None)
+            merged[key] = value
+    return merged
+
+
+def _check_per_run_keys(overrides: dict[str, Any], where: str) -> None:
+    for key in overrides:
+        if key in PER_RUN_KEYS:
+            raise RecipeError(f"'{key}' in {where} cannot be set: it is set for each run by {PER_RUN_KEYS[key]}.")
+
+
+def expand(spec: SweepSpec, sweep_path: Path, out_dir: Path, cli: dict[str, Any]) -> list[SweepRun]:
+    """Every (config, seed) as a loaded recipe, in the sweep's order (configs, then seeds)."""
+    base = Path(sweep_path).parent / spec.base
+    if not base.is_file():
+        raise RecipeError(f"The base recipe '{spec.base}' of sweep '{sweep_path}' does not exist (looked for '{base}').")
+    common = flatten(spec.overrides)
+    _check_per_run_keys(common, "the sweep's overrides")
+    _check_per_run_keys(cli, "the command line")
+    runs = []
+    for config, config_overrides in spec.configs.items():
+        own = flatten(config_overrides)
+        _check_per_run_keys(own, f"configuration '{config}'")
+        for seed in spec.seeds:
+            per_run = {"seed": seed, "output_dir": str(out_dir / config / f"seed{seed}")}
+            try:
+                recipe = load_recipe(base, layered(common, own, per_run, cli))
+            except RecipeError as e:
+                raise RecipeError(f"Sweep '{sweep_path}', configuration '{config}': {e}") from None
+            runs.append(SweepRun(config, seed, recipe))
+    return runs
+
+
+def validate_runs(runs: list[SweepRun]) -> None:
+    """What train() checks up front, for every run, before the first one starts."""
+    from rlvlm.train import validate
+
+    for run in runs:
+        if not run.recipe.evaluation.enabled:
+            raise RecipeError(f"Configuration '{run.config}' turns evaluation off: a sweep compares evaluation traces.")
+        try:
+            validate(run.recipe)
+        except (RecipeError, ValueError) as e:
+            raise RecipeError(f"Configuration '{run.config}' (seed {run.seed}): {e}") from None
+
+
+# ============================================================================ run states
+
+
+def expected_keys(recipe: Recipe) -> set[tuple[str, str]]:
+    """(dataset, condition) pairs the evaluator writes at every evaluated step."""
+    from rlvlm.evaluate import dataset_labels, resolve_conditions
+
+    return {(d, c) for d in dataset_labels(recipe.data.eval) for c in resolve_conditions(recipe.evaluation.conditions)}
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_finished(run: SweepRun) -> bool:
+    from rlvlm.evaluate import TRACE, read_jsonl
+
+    state = _read_json(run.run_dir / TRAINER_STATE)
+    if not state or "global_step" not in state:
+        return False
+    step = state["global_step"]
+    target = run.recipe.grpo.get("max_steps", -1)
+    if step < (target if target > 0 else state.get("max_steps", step)):
+        return False
+    evaluated = {(r["dataset"], r["condition"]) for r in read_jsonl(run.run_dir / "eval" / TRACE) if r["step"] == step}
+    return expected_keys(run.recipe) <= evaluated
+
+
+def last_complete_checkpoint(run_dir: Path) -> Path | None:
+    """The highest checkpoint-N holding its trainer_state.json, which Trainer writes last."""
+    found = []
+    for path in run_dir.glob("checkpoint-*"):
+        if path.name.split("-", 1)[1].isdigit() and (path / TRAINER_STATE).is_file():
+            found.append((int(path.name.split("-", 1)[1]), path))
+    return max(found)[1] if found else None
+
+
+def plan(run: SweepRun) -> SweepRun:
+    """Sets the run's state from what its directory holds."""
+    if run.run_dir.exists() and not run.run_dir.is_dir():
+        raise RecipeError(f"'{run.run_dir}' is a file, not a run directory.")
+    if is_finished(run):
+        run.state = "finished"
+    elif run.run_dir.is_dir() and any(run.run_dir.iterdir()):
+        run.checkpoint = last_complete_checkpoint(run.run_dir)
+        run.state = "resume" if run.checkpoint else "restart"
+    else:
+        run.state = "new"
+    return run
+
+
+def describe(run: SweepRun) -> str:
+    return {
+        "new": "to train",
+        "finished": "finished: skipped",
+        "resume": f"unfinished: resume from {run.checkpoint.name if run.checkpoint else ''}",
+        "restart": "unfinished, no checkpoint: set aside and trained again",
+    }[run.state]
+
+
+# ============================================================================ running
+
+
+def set_aside(run_dir: Path) -> Path:
+    k = 1
+    while (aside := run_dir.with_name(f"{run_dir.name}.incomplete-{k}")).exists():
+        k += 1
+    run_dir.rename(aside)
+    return aside
+
+
+def execute(run: SweepRun, progress: bool) -> None:
+    from accelerate import PartialState
+
+    from rlvlm.train import train
+
+    recipe = run.recipe
+    if run.state == "restart":
+        state = PartialState()  # under `accelerate launch`, one process moves the directory
+        if state.is_main_process:
+            log.warning("%s: no checkpoint to resume from; the partial run is kept in %s", run.label, set_aside(run.run_dir))
+        state.wait_for_everyone()
+    if run.state == "resume":
+        recipe = dataclasses.replace(recipe, grpo={**recipe.grpo, "resume_from_checkpoint": str(run.checkpoint)})
+    train(recipe, progress=progress)
+
+
+def run_all(runs: list[SweepRun], progress: bool) -> None:
+    """Trains every unfinished run in turn; a run that fails is logged and the others go on."""
+    todo = [r for r in runs if r.state != "finished"]
+    for i, run in enumerate(todo, 1):
+        log.info("sweep [%d/%d] %s: %s", i, len(todo), run.label, describe(run))
+        try:
+            execute(run, progress)
+        except Exception:  # noqa: BLE001 - one broken run does not cost the others
+            log.exception("sweep: run %s failed; going on with the others", run.label)
+        gc.collect()  # the finished trainer's model and optimizer before the next run's
+
+
+# ============================================================================ ablation
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def _key(row: dict, several_datasets: bool) -> str:
+    return f"{row['dataset']}/{row['condition']}" if several_datasets else row["condition"]
+
+
+def final_rows(trace: list[dict], several_datasets: bool) -> dict[str, dict[str, float]]:
+    last = max(r["step"] for r in trace)
+    return {_key(r, several_datasets): {m: r[m] for m in METRICS} for r in trace if r["step"] == last}
+
+
+def ablation(runs: list[SweepRun], traces: dict[str, list[dict]]) -> dict:
+    several = len({r["dataset"] for trace in traces.values() for r in trace}) > 1
+    entries = [{"config": run.config, "seed": run.seed, "run_dir": str(run.run_dir),
+                "final": final_rows(traces[run.label], several)} for run in runs]
+    summary = {}
+    for config in dict.fromkeys(run.config for run in runs):
+        finals = [e["final"] for e in entries if e["config"] == config]
+        conditions = list(dict.fromkeys(c for final in finals for c in final))
+        summary[config] = {
+            c: {m: mean_std([f[c][m] for f in finals if c in f]) for m in METRICS} for c in conditions
+        }
+    return {"runs": entries, "summary": summary}
+
+
+def mean_trace(traces: list[list[dict]]) -> list[dict]:
+    """Trace rows averaged over seeds per (step, dataset, condition); `<metric>_std` beside each mean."""
+    groups: dict[tuple, list[dict]] = {}
+    for trace in traces:
+        for r in trace:
+            groups.setdefault((r["step"], r["dataset"], r["condition"]), []).append(r)
+    rows = []
+    for (step, dataset, condition), group in groups.items():
+        row = {"step": step, "dataset": dataset, "condition": condition, "n_seeds": len(group)}
+        for m in METRICS:
+            stats = mean_std([r[m] for r in group])
+            row[m], row[f"{m}_std"] = stats["mean"], stats["std"]
+        rows.append(row)
+    return rows
+
+
+def plot_robustness(mean_runs: list[report.Run], dataset: str, path: Path) -> Path | None:
+    """Accuracy under wrong_caption and wrong_think over steps, mean ± std over seeds, per configuration."""
+    conditions = [c for c in ROBUSTNESS_CONDITIONS if any(run.series(dataset, c, "accuracy")[0] for run in mean_runs)]
+    if not conditions:
+        return None
+    plt = report._plt()
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(conditions), figsize=(5.6 * len(conditions), 4.4), squeeze=False, sharey=True)
+    for ax, condition in zip(axes[0], conditions):
+        for run, color in zip(mean_runs, report._colors(len(mean_runs))):
+            steps, mean = run.series(dataset, condition, "accuracy")
+            _, std = run.series(dataset, condition, "accuracy_std")
+            if not steps:
+                continue
+            ax.plot(steps, mean, "-", marker="o", ms=3, color=color, label=run.label)
+            ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)],
+                            color=color, alpha=0.15, lw=0)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(f"accuracy under {condition}")
+        ax.set_xlabel("training step")
+        ax.set_ylim(-0.03, 1.03)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy (mean ± std over seeds)")
+    axes[0][-1].legend(loc="best", fontsize=8)
+    fig.suptitle(f"Robustness to misleading text over training — {dataset}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plots(mean_runs: list[report.Run], out: Path) -> list[Path]:
+    written = []
+    for dataset in sorted({d for run in mean_runs for d in run.datasets()}):
+        have = [run for run in mean_runs if dataset in run.datasets()]
+        slug = report._slug(dataset)
+        condition = "base" if any(run.series(dataset, "base", "accuracy")[0] for run in have) else have[0].conditions(dataset)[0]
+        written.append(report.plot_tradeoff(have, dataset, out / f"tradeoff_{slug}.png", condition))
+        robustness = plot_robustness(have, dataset, out / f"robustness_{slug}.png")
+        if robustness is not None:
+            written.append(robustness)
+        written.append(report.plot_conditions(have, dataset, out / f"conditions_{slug}.png"))
+    return written
+
+
+def markdown(spec: SweepSpec, result: dict, runs: list[SweepRun], images: list[Path], out: Path) -> str:
+    steps = sorted({r.recipe.grpo.get("max_steps", -1) for r in runs})
+    parts = [f"# Sweep `{spec.name}`", "",
+             f"{len(result['summary'])} configurations × seeds {spec.seeds} on `{spec.base}` "
+             f"({len(runs)} finished runs, max_steps {', '.join(map(str, steps))}). Values at each run's last "
+             "evaluated step: mean ± sample standard deviation over seeds. Per-run details: "
+             "[report/report.md](report/report.md).", ""]
+    parts += [f"![{img.stem}]({img.relative_to(out).as_posix()})" for img in images]
+    conditions = list(dict.fromkeys(c for per_config in result["summary"].values() for c in per_config))
+    for condition in conditions:
+        parts += ["", f"## {condition}", ""]
+        rows = []
+        for config, per_config in result["summary"].items():
+            if condition in per_config:
+                seeds = sum(1 for e in result["runs"] if e["config"] == config and condition in e["final"])
+                stats = per_config[condition]
+                rows.append([config, seeds, *(f"{stats[m]['mean']:.3f} ± {stats[m]['std']:.3f}" for m in TABLE_METRICS)])
+        parts.append(report._table(["configuration", "seeds", *TABLE_METRICS.values()], rows))
+    return "\n".join(parts) + "\n"
+
+
+def write_ablation(spec: SweepSpec, runs: list[SweepRun], out: Path) -> dict:
+    """ablation.json, ablation.md, the plots and `rlvlm report` over the finished runs."""
+    from rlvlm.evaluate import TRACE, read_jsonl
+
+    traces = {run.label: read_jsonl(run.run_dir / "eval" / TRACE) for run in runs}
+    result = ablation(runs, traces)
+    (out / "ablation.json").write_text(json.dumps(result, indent=1) + "\n")
+    mean_runs = []
+    for config in result["summary"]:
+        seeds = [run for run in runs if run.config == config]
+        label = f"{config} (mean of {len(seeds)} seed{'s' if len(seeds) > 1 else ''})"
+        mean_runs.append(report.Run(label, out / config, mean_trace([traces[r.label] for r in seeds])))
+    images = plots(mean_runs, out)
+    report.make_report([run.run_dir for run in runs], out / "report")
+    (out / "ablation.md").write_text(markdown(spec, result, runs, images, out))
+    return result
+
+
+# ============================================================================ entry point
+
+
+def prepare(sweep_path: str | Path, out_dir: str | Path | None, overrides: dict[str, Any]) -> tuple[SweepSpec, Path, list[SweepRun]]:
+    """Load, expand, validate and plan every run; raises RecipeError before anything is trained."""
+    spec = load_sweep(sweep_path)
+    out = Path(out_dir) if out_dir else Path("runs") / spec.name
+    runs = expand(spec, Path(sweep_path), out, overrides)
+    validate_runs(runs)
+    return spec, out, [plan(run) for run in runs]
+
+
+def sweep_cli(args, overrides: dict[str, Any]) -> int:
+    spec, out, runs = prepare(args.recipe, args.output_dir, overrides)
+    print(f"rlvlm sweep: {spec.name}, {len(runs)} runs in {out}")
+    for run in runs:
+        print(f"  {run.label:<32} {describe(run)}")
+    from accelerate import PartialState
+
+    run_all(runs, progress=not args.quiet)
+    state = PartialState()
+    state.wait_for_everyone()  # the main process writes each run's final trainer_state.json
+    finished = [run for run in runs if is_finished(run)]
+    if not finished:
+        print("rlvlm sweep: no run finished; no ablation written")
+        return 1
+    if state.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        write_ablation(spec, finished, out)
+    print(f"rlvlm sweep: {len(finished)}/{len(runs)} runs finished; {out / 'ablation.json'}, {out / 'ablation.md'}")
+    for run in runs:
+        if run not in finished:
+            print(f"  not finished: {run.label} ({run.run_dir})")
+    return 0 if len(finished) == len(runs) else 1
