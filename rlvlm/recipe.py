@@ -44,6 +44,21 @@ class WarmStartSection(Section):
     learning_rate: float = Field(2e-3, gt=0)
     batch_size: int = Field(16, gt=0)
     seed: int = 0
+    # Share of SFT prompts that carry a caption, usually a true one: real instruction data often comes
+    # with captions that can be trusted, so the warm-started model learns to lean on them, the habit the
+    # wrong_caption condition measures. Each caption row's target is still the gold reasoning and answer.
+    captions: dict[str, float] = {"correct_caption": 0.15, "wrong_caption": 0.05}
+
+    @field_validator("captions")
+    @classmethod
+    def _caption_conditions(cls, probs: dict[str, float]) -> dict[str, float]:
+        from rlvlm.perturb import check_probs
+
+        allowed = ("correct_caption", "wrong_caption", "wrong_caption_hedge")
+        if any(k not in allowed for k in probs):
+            raise ValueError(f"warm_start.captions takes {', '.join(allowed)}; got {sorted(probs)}")
+        check_probs(probs)
+        return probs
 
 
 class DatasetSpec(Section):

@@ -28,21 +28,26 @@ def response_for(example: dict, letter: str, seed: int = 0) -> str:
 
 def sft_rows(section: WarmStartSection) -> list[dict]:
     from rlvlm.data import shapes
-    from rlvlm.perturb import perturb
+    from rlvlm.perturb import augment
 
     rows = []
     for i, ex in enumerate(shapes.generate_examples("train", section.n_examples, seed=section.seed)):
-        prompt = perturb(ex, "base", seed=section.seed + i)["prompt"]
-        completion = [{"role": "assistant", "content": response_for(ex, ex["answer"], seed=i // 16)}]  # phrasing independent of family and gold letter
+        prompt = augment(ex, section.captions, seed=section.seed, epoch=0)["prompt"]
+        # The target is always the gold reasoning, phrased independently of family and gold letter.
+        completion = [{"role": "assistant", "content": response_for(ex, ex["answer"], seed=i // 16)}]
         rows.append({"prompt": prompt, "completion": completion, "images": [ex["image"]]})
     return rows
 
 
-def pretrain_vision(model, processor, section: WarmStartSection, progress: bool = True) -> None:
-    """Per-cell colour/shape recognition through a linear probe on the vision tower's merged tokens.
+PROBE_TARGETS = ("colour", "shape", "row", "column")  # per merged token; colour and shape include "empty"
+
+
+def pretrain_vision(model, processor, section: WarmStartSection, progress: bool = True):
+    """Per-cell recognition (colour, shape, row, column) through a linear probe on the vision tower's
+    merged tokens; returns the probe (logits for PROBE_TARGETS, concatenated).
 
     A plain torch loop: no library trains a vision tower against per-token labels, and this is a few
-    seconds on a CPU. The probe is thrown away; only the vision tower keeps what it learned."""
+    seconds on a CPU. The warm-start throws the probe away; only the vision tower keeps what it learned."""
     import random
 
     import torch
@@ -64,7 +69,12 @@ def pretrain_vision(model, processor, section: WarmStartSection, progress: bool 
 
     examples = shapes.generate_examples("train", min(section.n_examples, 4096), seed=section.seed)
     vision = model.model.visual
-    probe = torch.nn.Linear(model.config.vision_config.out_hidden_size, empty_colour + 1 + empty_shape + 1)
+    grid = shapes.GRID
+    # Each merged token is also asked for its cell's row and column: position questions need the
+    # decoder to read where an object is, and rotary position codes alone do not put that in the tokens.
+    sizes = [empty_colour + 1, empty_shape + 1, grid, grid]
+    probe = torch.nn.Linear(model.config.vision_config.out_hidden_size, sum(sizes))
+    rows_cols = torch.tensor([[cell // grid, cell % grid] for cell in range(grid * grid)])
     optimizer = torch.optim.AdamW([*vision.parameters(), *probe.parameters()], lr=section.learning_rate)
     rng = random.Random(section.seed)
     torch.manual_seed(section.seed)
@@ -74,16 +84,21 @@ def pretrain_vision(model, processor, section: WarmStartSection, progress: bool 
         pixels = processor.image_processor(images=[ex["image"] for ex in batch], return_tensors="pt")
         tokens = vision(pixels["pixel_values"], grid_thw=pixels["image_grid_thw"]).pooler_output
         colour, shape = (torch.tensor(sum(cols, [])) for cols in zip(*(labels(ex) for ex in batch)))
-        logits = probe(tokens)
-        loss = torch.nn.functional.cross_entropy(logits[:, : empty_colour + 1], colour)
-        loss = loss + torch.nn.functional.cross_entropy(logits[:, empty_colour + 1 :], shape)
+        where = rows_cols.repeat(len(batch), 1)
+        targets = (colour, shape, where[:, 0], where[:, 1])
+        loss = sum(torch.nn.functional.cross_entropy(logit, target)
+                   for logit, target in zip(probe(tokens).split(sizes, dim=-1), targets))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    return probe
+
+
+WARM_START_VERSION = 2  # bump when the SFT data or the vision pre-training change: the cache key includes it
 
 
 def warm_start_dir(base: Path, section: WarmStartSection) -> Path:
-    key = json.dumps({"base": base.name, **section.model_dump()}, sort_keys=True)
+    key = json.dumps({"base": base.name, "version": WARM_START_VERSION, **section.model_dump()}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return base.parent / f"{base.name}-sft-{digest}"
 

@@ -131,6 +131,29 @@ def test_warm_start_rows_teach_correct_reasoning():
     assert consistency_reward(completions, options=options) == [1.0] * 64
 
 
+def test_warm_start_mix_has_mostly_true_captions():
+    """Some SFT prompts carry a caption, usually true (the habit wrong_caption measures); the target
+    stays the gold reasoning whatever the caption says."""
+    from rlvlm.warmstart import sft_rows
+
+    n = 1600
+    rows = sft_rows(WarmStartSection(n_examples=n, captions={"correct_caption": 0.2, "wrong_caption": 0.05}))
+    examples = shapes.generate_examples("train", n)
+    true_captions = false_captions = 0
+    for row, ex in zip(rows, examples):
+        text = row["prompt"][-1]["content"][-1]["text"]
+        first_line = text.split("\n")[0]
+        if first_line != ex["question"]:  # a caption precedes the question
+            if shapes.statement_is_true(ex, first_line):
+                true_captions += 1
+            else:
+                false_captions += 1
+        assert row["completion"][0]["content"].endswith(f"<answer>{ex['answer']}</answer>")
+    assert abs(true_captions / n - 0.2) < 0.03 and abs(false_captions / n - 0.05) < 0.02
+    with pytest.raises(ValueError, match="warm_start.captions"):
+        WarmStartSection(captions={"wrong_think": 0.1})
+
+
 def test_two_step_grpo_run_writes_a_checkpoint_that_reloads_and_generates(tiny_model_path, tmp_path):
     """`rlvlm train` end to end on the (untrained) tiny model: checkpoints, trace, reload, generate."""
     recipe = yaml.safe_load(RECIPE.read_text())
@@ -167,3 +190,35 @@ def test_two_step_grpo_run_writes_a_checkpoint_that_reloads_and_generates(tiny_m
     # the checkpoint differs from where it started: GRPO updated the weights
     start = AutoModelForImageTextToText.from_pretrained(tiny_model_path)
     assert any(not torch.equal(p, q) for p, q in zip(start.state_dict().values(), model.state_dict().values()))
+
+
+def test_vision_pretraining_makes_every_cell_readable(tiny_model_path):
+    """After the vision warm-up a linear probe reads each held-out cell's colour, shape, row and column
+    off the merged vision tokens the decoder sees."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from rlvlm.warmstart import PROBE_TARGETS, pretrain_vision
+
+    processor = AutoProcessor.from_pretrained(tiny_model_path)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_path)
+    probe = pretrain_vision(model, processor, WarmStartSection(vision_steps=120), progress=False)
+    test = shapes.generate_examples("test", 64)
+    with torch.no_grad():
+        pixels = processor.image_processor(images=[e["image"] for e in test], return_tensors="pt")
+        tokens = model.model.visual(pixels["pixel_values"], grid_thw=pixels["image_grid_thw"]).pooler_output
+        logits = probe(tokens).split([5, 5, shapes.GRID, shapes.GRID], dim=-1)
+    colours, kinds = list(shapes.COLORS) + ["empty"], list(shapes.SHAPES) + ["empty"]
+    truth = {t: [] for t in PROBE_TARGETS}
+    for ex in test:
+        cells = {(o["row"], o["col"]): o for o in ex["scene"]["objects"]}
+        for row in range(shapes.GRID):
+            for col in range(shapes.GRID):
+                obj = cells.get((row, col))
+                truth["colour"].append(colours.index(obj["color"]) if obj else 4)
+                truth["shape"].append(kinds.index(obj["shape"]) if obj else 4)
+                truth["row"].append(row)
+                truth["column"].append(col)
+    for name, logit in zip(PROBE_TARGETS, logits):
+        accuracy = (logit.argmax(-1) == torch.tensor(truth[name])).float().mean().item()
+        assert accuracy > 0.9, (name, accuracy)

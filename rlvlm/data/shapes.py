@@ -453,6 +453,25 @@ def _claimed_tally(example: dict, letter: str) -> tuple[str, str, dict[str, int]
     return group, key, counts
 
 
+def _claimed_cells(example: dict, letter: str) -> tuple[tuple[int, int], tuple[int, int]]:
+    """1-based (row, column) of the two objects of a position question as the reasoning toward
+    ``letter`` states them: the truth for gold; otherwise the true cells mirrored (left/right,
+    above/below) and/or transposed (row <-> column) just enough to imply the claimed relation."""
+    ca, sa, cb, sb = _Q_WHERE.match(example["question"]).groups()
+    objs = example["scene"]["objects"]
+    a = _only([o for o in objs if (o["color"], o["shape"]) == (ca, sa)], example["question"])
+    b = _only([o for o in objs if (o["color"], o["shape"]) == (cb, sb)], example["question"])
+    pa, pb = (a["row"], a["col"]), (b["row"], b["col"])
+    truth, claim = _relation(a, b), example["options"][_letter_index(example, letter)]
+    horizontal = ("left of", "right of")
+    if (truth in horizontal) != (claim in horizontal):
+        pa, pb = pa[::-1], pb[::-1]  # transposed: "left of" becomes "above", "right of" "below"
+        truth = {"left of": "above", "right of": "below", "above": "left of", "below": "right of"}[truth]
+    if truth != claim:
+        pa, pb = pb, pa
+    return (pa[0] + 1, pa[1] + 1), (pb[0] + 1, pb[1] + 1)
+
+
 def _conclusion(example: dict, letter: str) -> str:
     text = example["options"][_letter_index(example, letter)]
     return f"So the answer is ({letter.strip().upper()}) {text}."
@@ -483,11 +502,15 @@ def cot_for(example: dict, letter: str, seed: int = 0) -> str:
             step = f"It is {'a ' if key == 'shape' else ''}{option}."
         body = f"{lead}: {tally}. {step}"
     elif m := _Q_WHERE.match(q):
+        # Position questions reason through the two objects' grid cells (rows and columns counted from
+        # 1 at the top left), so the relation is read off two numbers instead of guessed.
         a, b = f"{m.group(1)} {m.group(2)}", f"{m.group(3)} {m.group(4)}"
-        line = "row" if option in ("left of", "right of") else "column"
-        direction = {"left of": "left", "right of": "right", "above": "up", "below": "down"}[option]
-        body = (f"The {a} and the {b} share a {line}; the {a} is further {direction}." if v == 0
-                else f"I find the {a} and the {b}. The {a} is {option} the {b}.")
+        (ra, ca), (rb, cb) = _claimed_cells(example, letter)
+        if v == 0:
+            body = (f"{a.capitalize()}: row {ra}, column {ca}. {b.capitalize()}: row {rb}, column {cb}. "
+                    f"The {a} is {option} the {b}.")
+        else:
+            body = f"The {a} is at row {ra}, column {ca}; the {b} at row {rb}, column {cb}."
     elif m := _Q_EXTREME.match(q):
         counts = _claimed_counts(example, letter)
         listed = ", ".join(f"{c} {counts[c]}" for c in COLORS)
@@ -544,6 +567,7 @@ _REL_CLAIMS = {
     "below": re.compile(r"\b(?:below|further down)\b", re.I),
 }
 _LINE_CLAIM = re.compile(r"\bshare a (row|column)\b", re.I)
+_CELL_CLAIM = re.compile(rf"\b({_C}) ({_S})(?::| is at| at) row (\d+), column (\d+)", re.I)
 _TALLY_CLAIM = re.compile(rf"\bby (?:colour|shape): ((?:(?:{_C}|{_S}) \d+(?:, )?)+)", re.I)
 _TALLY_ITEM = re.compile(rf"\b({_C}|{_S}) (\d+)\b", re.I)
 _COLOR_COUNT_CLAIM = re.compile(rf"\b({_C}) (\d+)\b", re.I)
@@ -592,6 +616,9 @@ def statement_is_true(example: dict, text: str, include_conclusion: bool = True)
     elif _Q_SHAPE_OF.match(q):
         checks += [s == truth for s in _word(_S, body)]
     elif _Q_WHERE.match(q):
+        cells = {(o["color"], o["shape"]): (o["row"] + 1, o["col"] + 1) for o in scene["objects"]}
+        for color, shape, row, col in _CELL_CLAIM.findall(body):
+            checks.append(cells.get((color.lower(), shape.lower())) == (int(row), int(col)))
         for rel, pattern in _REL_CLAIMS.items():
             checks += [rel == truth for _ in pattern.findall(body)]
         for line in _LINE_CLAIM.findall(body):
