@@ -371,16 +371,22 @@ def build_recipe(raw: dict[str, Any], path: Path | None = None) -> Recipe:
     return Recipe(name=name, rewards=rewards, grpo=grpo, path=path, **sections)
 
 
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
-    path = Path(path)
+def read_yaml_mapping(path: Path, kind: str = "Recipe") -> dict[str, Any]:
+    """A recipe-like YAML file as a dict, or a RecipeError naming what is wrong with it."""
     if not path.is_file():
-        raise RecipeError(f"Recipe file '{path}' does not exist.")
+        raise RecipeError(f"{kind} file '{path}' does not exist.")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise RecipeError(f"Recipe '{path}' is not valid YAML: {e}") from None
+        raise RecipeError(f"{kind} '{path}' is not valid YAML: {e}") from None
     if not isinstance(raw, dict):
-        raise RecipeError(f"Recipe '{path}' must be a YAML mapping of keys to values, got {type(raw).__name__}.")
+        raise RecipeError(f"{kind} '{path}' must be a YAML mapping of keys to values, got {type(raw).__name__}.")
+    return raw
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    path = Path(path)
+    raw = read_yaml_mapping(path)
     for key, value in (overrides or {}).items():
         _set_dotted(raw, key, value)
     return build_recipe(raw, path)

@@ -48,11 +48,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rlvlm import report
-from rlvlm.recipe import SECTIONS, Recipe, RecipeError, _format_validation, _unknown_key, load_recipe
+from rlvlm.recipe import SECTIONS, Recipe, RecipeError, _format_validation, _unknown_key, load_recipe, read_yaml_mapping
 
 log = logging.getLogger("rlvlm.sweep")
 
@@ -119,14 +118,7 @@ class SweepRun:
 
 def load_sweep(path: str | Path) -> SweepSpec:
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"Sweep file '{path}' does not exist.")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise RecipeError(f"Sweep '{path}' is not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise RecipeError(f"Sweep '{path}' must be a YAML mapping of keys to values, got {type(raw).__name__}.")
+    raw = read_yaml_mapping(path, kind="Sweep")
     for key in raw:
         if key not in SweepSpec.model_fields:
             raise _unknown_key(key, list(SweepSpec.model_fields), f"the sweep '{path}'")
