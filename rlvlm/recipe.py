@@ -47,7 +47,7 @@ class WarmStartSection(Section):
     # Share of SFT prompts that carry a caption, usually a true one: real instruction data often comes
     # with captions that can be trusted, so the warm-started model learns to lean on them, the habit the
     # wrong_caption condition measures. Each caption row's target is still the gold reasoning and answer.
-    captions: dict[str, float] = {"correct_caption": 0.15, "wrong_caption": 0.05}
+    captions: dict[str, float] = {"correct_caption": 0.3, "wrong_caption": 0.03}
 
     @field_validator("captions")
     @classmethod
