@@ -267,7 +267,10 @@ def test_processes_run_the_same_number_of_forward_passes(copy_model, monkeypatch
     kwargs = dict(prompts=[p["prompt"]] * 2, image=[ex["image"]] * 2, options=[ex["options"]] * 2)
     assert reward(["no think", "<think>x</think>"], **kwargs) == [0.0, 0.0]  # nothing to score here
     assert reward.stats["forwards"] == 5  # filler: (3 - 1) * 2 + 1 sequences = 3 batches
-    assert reward(["<think>So the answer is (B).</think><answer>B</answer>"] * 2, **kwargs) == [1.0, 1.0]
+    # The conclusion as the copy model was fine-tuned on it ("(B) <option text>"): this test counts
+    # forward passes; how far the fine-tune generalises to other wordings is not its subject.
+    cot = f"So the answer is (B) {ex['options'][1]}."
+    assert reward([f"<think>{cot}</think><answer>B</answer>"] * 2, **kwargs) == [1.0, 1.0]
     assert reward.stats["forwards"] == 10
 
 
