@@ -103,7 +103,7 @@ def test_cot_and_caption_truth(train):
                 text = ex["options"][ord(letter) - 65]
                 assert cot.endswith(f"So the answer is ({letter}) {text}.")
                 assert "<" not in cot
-                assert len(cot.split()) <= 30, cot  # fits the embedded default's 64 completion tokens
+                assert len(cot.split()) <= 34, cot  # fits the embedded default's 64 completion tokens (<= 47 measured)
                 assert shapes.statement_is_true(ex, cot) is gold, cot
                 # the facts themselves (not only the conclusion) are true / false
                 assert shapes.statement_is_true(ex, cot, include_conclusion=False) is gold, cot
