@@ -438,9 +438,8 @@ def _tally(scene: dict, key: str, color: str | None, shape: str | None) -> dict[
     return counts
 
 
-def _tally_name(question: str, key: str, value: str) -> str:
+def _tally_name(key: str, value: str, color: str | None, shape: str | None) -> str:
     """What a tally entry counts, in full: "red circles", "blue squares", "circles", "red objects"."""
-    _, _, _, color, shape = _tally_spec(question)
     if shape:
         return f"{value} {_plural(shape)}"
     if color:
@@ -499,14 +498,14 @@ def cot_for(example: dict, letter: str, seed: int = 0) -> str:
     q = example["question"]
     v = seed % 2
     if _Q_COUNT.match(q) or _Q_COLOR_OF.match(q) or _Q_SHAPE_OF.match(q):
-        # Counting and attribute questions reason through a tally of the relevant objects: the step a
-        # from-scratch model can learn (it is the same tally the compare family uses).
-        # Each count follows the full name of what it counts ("red circles 1", not "red 1" under a
-        # "Circles by colour" lead): a count is then read right where its name is, and attribute accuracy
-        # of the warm-start went from 0.40-0.55 to 0.86 (1,024 test questions).
+        # Counting and attribute questions reason through a tally of the relevant objects, each count
+        # after the full name of what it counts ("red circles 1", not "red 1" under a "Circles by
+        # colour" lead): the tiny model reads a count where its name is, and attribute accuracy of the
+        # warm-start went from 0.40-0.55 to 0.86 (1,024 test questions).
         group, key, counts = _claimed_tally(example, letter)
+        _, _, _, color, shape = _tally_spec(q)
         lead = f"{group.capitalize()} by {key}" if v == 0 else f"Sorting the {group} by {key}"
-        tally = ", ".join(f"{_tally_name(q, key, k)} {n}" for k, n in counts.items())
+        tally = ", ".join(f"{_tally_name(key, k, color, shape)} {n}" for k, n in counts.items())
         if _Q_COUNT.match(q):
             plural, singular = _count_subject(q)
             n = int(option)
@@ -516,9 +515,9 @@ def cot_for(example: dict, letter: str, seed: int = 0) -> str:
         body = f"{lead}: {tally}. {step}"
     elif m := _Q_WHERE.match(q):
         # Position questions reason through the two objects' grid cells (rows and columns counted from
-        # 1 at the top left), so the relation is read off two numbers instead of guessed. Each number
-        # follows its object's name: written as "row 1, column 3" after the name, the tiny model read
-        # both objects' columns from the one it looked up last (same cell for both in most outputs).
+        # 1 at the top left), so the relation is read off two numbers instead of guessed; each number
+        # follows its object's name, in the tallies' form. (The tiny model still mostly writes one cell
+        # for both objects, in this wording as in "row 1, column 3": position stays near chance.)
         a, b = f"{m.group(1)} {m.group(2)}", f"{m.group(3)} {m.group(4)}"
         (ra, ca), (rb, cb) = _claimed_cells(example, letter)
         rows, cols = ("Rows", "Columns") if v == 0 else ("By row", "By column")
@@ -580,7 +579,7 @@ _REL_CLAIMS = {
 }
 _LINE_CLAIM = re.compile(r"\bshare a (row|column)\b", re.I)
 _CELL_CLAIM = re.compile(rf"\b({_C}) ({_S})(?::| is at| at) row (\d+), column (\d+)", re.I)
-_LINE_TALLY = re.compile(rf"\b(rows?|columns?|by row|by column): ((?:(?:{_C}) (?:{_S}) \d+(?:, )?)+)", re.I)
+_LINE_TALLY = re.compile(rf"\b(rows?|columns?): ((?:(?:{_C}) (?:{_S}) \d+(?:, )?)+)", re.I)
 _LINE_ITEM = re.compile(rf"\b({_C}) ({_S}) (\d+)\b", re.I)
 _TALLY_CLAIM = re.compile(r"\bby (?:colour|shape): ((?:[a-z]+ ){1,2}\d+(?:, (?:[a-z]+ ){1,2}\d+)*)", re.I)
 _COLOR_COUNT_CLAIM = re.compile(rf"\b({_C}) (\d+)\b", re.I)
@@ -614,10 +613,10 @@ def statement_is_true(example: dict, text: str, include_conclusion: bool = True)
     if _Q_COUNT.match(q) or _Q_COLOR_OF.match(q) or _Q_SHAPE_OF.match(q):
         _, key, _, color, shape = _tally_spec(q)
         truth_tally = _tally(scene, key, color, shape)
+        wanted = COLORS if key == "colour" else SHAPES
         for m in _TALLY_CLAIM.finditer(body):
             for item in m.group(1).split(", "):
                 *words, n = item.lower().split()
-                wanted = COLORS if key == "colour" else SHAPES
                 value = next((w.removesuffix("s") for w in words if w.removesuffix("s") in wanted), None)
                 checks.append(value is not None and truth_tally[value] == int(n))
         body = _TALLY_CLAIM.sub(" ", body)
