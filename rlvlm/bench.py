@@ -1,6 +1,6 @@
 """`rlvlm bench`: what rlvlm costs on top of TRL, measured on the embedded default.
 
-    rlvlm bench --out bench.json [--quick]
+    rlvlm bench --out bench.json [--quick] [--gpu-only]
 
 Every figure compares two things timed side by side in the same process, alternating them round by
 round (A B A B ...) so that load drifting on a shared machine hits both alike; each is a median.
@@ -16,6 +16,7 @@ round (A B A B ...) so that load drifting on a shared machine hits both alike; e
 
 On a CUDA machine, `gpu` adds GRPO throughput (generated tokens/s/GPU) of Qwen2.5-VL-3B and -7B-sized
 models with random weights, with transformers generation and, when vllm imports, vLLM colocate.
+`--gpu-only` takes just that part (the CPU figures above do not depend on the card).
 """
 
 from __future__ import annotations
@@ -610,6 +611,24 @@ def table(metrics: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def gpu_table(gpu: dict) -> str:
+    lines = [f"{'size':16} {'generation':15} {'tokens/s/GPU':>12} {'s/step':>8}"]
+    for name, backends in gpu["sizes"].items():
+        for backend, m in backends.items():
+            tps, sec = (f"{m['tokens_per_s_per_gpu']:,.0f}", f"{m['step_seconds']:.2f}") if m else ("-", "-")
+            lines.append(f"{name:16} {backend:15} {tps:>12} {sec:>8}")
+    if gpu["vllm_skipped"]:
+        lines.append(f"vllm_colocate skipped: {gpu['vllm_skipped']}")
+    return "\n".join(lines)
+
+
+def run_gpu_only(gpu: GpuSettings) -> dict:
+    start = time.perf_counter()
+    report = {**environment(), "gpu": gpu_throughput(gpu, device="cuda")}
+    report["seconds"] = {"total": time.perf_counter() - start}
+    return report
+
+
 def run_bench(settings: Settings, gpu: GpuSettings | None = GpuSettings()) -> dict:
     import torch
 
@@ -632,13 +651,15 @@ def run_bench(settings: Settings, gpu: GpuSettings | None = GpuSettings()) -> di
 
 
 def bench_cli(args) -> int:
-    settings = QUICK if args.quick else FULL
     gpu = GpuSettings(timed_steps=1, completion_length=64) if args.quick else GpuSettings()
-    report = run_bench(settings, gpu)
+    report = run_gpu_only(gpu) if args.gpu_only else run_bench(QUICK if args.quick else FULL, gpu)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    print(table(report["metrics"]))
+    if "metrics" in report:
+        print(table(report["metrics"]))
+    if report["gpu"]:
+        print(gpu_table(report["gpu"]))
     print(f"gpu: {'measured' if report['gpu'] else report['gpu_reason']}; "
           f"{report['seconds']['total']:.0f} s in all -> {out}")
-    return 0 if all(math.isfinite(m["value"]) for m in report["metrics"].values()) else 1
+    return 0 if all(math.isfinite(m["value"]) for m in report.get("metrics", {}).values()) else 1

@@ -57,7 +57,12 @@ def _bench(args: argparse.Namespace, extra: list[str]) -> int:
     from rlvlm.bench import bench_cli
 
     if extra:
-        raise RecipeError(f"Unexpected argument(s) {' '.join(extra)}; usage: rlvlm bench [--out FILE.json] [--quick].")
+        raise RecipeError(f"Unexpected argument(s) {' '.join(extra)}; usage: rlvlm bench [--out FILE.json] [--quick] [--gpu-only].")
+    if args.gpu_only:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise RecipeError("rlvlm bench --gpu-only measures GPU throughput, and torch sees no CUDA device here.")
     return bench_cli(args)
 
 
@@ -128,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="bench.json", help="JSON file to write (default: bench.json)")
     p.add_argument("--quick", action="store_true", help="fewer repeats and steps (a smoke run, not a measurement)")
+    p.add_argument("--gpu-only", action="store_true", help="only the GPU throughput (needs a CUDA device)")
     p.set_defaults(run=_bench)
     return parser
 

@@ -156,6 +156,14 @@ def test_gpu_throughput_path_on_cpu(tiny_model_path):
     assert run["generated_tokens_per_step"] == 4 * 8
     assert positive_finite(run["tokens_per_s_per_gpu"])
     assert out["sizes"]["tiny"]["vllm_colocate"] is None and out["vllm_skipped"] == "no CUDA device"
+    rows = bench.gpu_table(out).splitlines()
+    assert rows[1].split()[:2] == ["tiny", "transformers"] and rows[2].split()[-2:] == ["-", "-"]
+    assert rows[-1] == "vllm_colocate skipped: no CUDA device"
+
+
+def test_gpu_only_without_a_gpu_exits_2():
+    r = subprocess.run([sys.executable, "-m", "rlvlm", "bench", "--gpu-only"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "no CUDA device" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_qwen_sizes_are_the_published_configs():
