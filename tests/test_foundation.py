@@ -193,8 +193,8 @@ def test_two_step_grpo_run_writes_a_checkpoint_that_reloads_and_generates(tiny_m
 
 
 def test_vision_pretraining_makes_every_cell_readable(tiny_model_path):
-    """After the vision warm-up a linear probe reads each held-out cell's colour, shape, row and column
-    off the merged vision tokens the decoder sees."""
+    """After the vision warm-up (the default section's steps and learning rate) a linear probe reads
+    each held-out cell's colour, shape, row and column off the merged vision tokens the decoder sees."""
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -202,7 +202,7 @@ def test_vision_pretraining_makes_every_cell_readable(tiny_model_path):
 
     processor = AutoProcessor.from_pretrained(tiny_model_path)
     model = AutoModelForImageTextToText.from_pretrained(tiny_model_path)
-    probe = pretrain_vision(model, processor, WarmStartSection(vision_steps=120), progress=False)
+    probe = pretrain_vision(model, processor, WarmStartSection(), progress=False)
     test = shapes.generate_examples("test", 64)
     with torch.no_grad():
         pixels = processor.image_processor(images=[e["image"] for e in test], return_tensors="pt")
