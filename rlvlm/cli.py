@@ -34,7 +34,9 @@ def _end_distributed() -> None:
 def _eval(args: argparse.Namespace, extra: list[str]) -> int:
     from rlvlm.evaluate import evaluate_cli
 
-    return evaluate_cli(args, parse_overrides(extra))
+    code = evaluate_cli(args, parse_overrides(extra))
+    _end_distributed()
+    return code
 
 
 def _report(args: argparse.Namespace, extra: list[str]) -> int:
