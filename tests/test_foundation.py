@@ -237,3 +237,22 @@ def test_vision_pretraining_makes_every_cell_readable(tiny_model_path):
 
     colour_share, shape_share = share(truth["colour"]).item(), share(truth["shape"]).item()
     assert shape_share > 0.5 * colour_share and shape_share > 0.1, (colour_share, shape_share)
+
+
+def test_embedded_default_trains_on_prompts_the_warm_start_never_saw(caplog):
+    from rlvlm.data.load import load_examples
+    from rlvlm.recipe import load_recipe
+    from rlvlm.train import validate, warm_start_overlap
+
+    recipe = load_recipe(RECIPE)
+    assert warm_start_overlap(recipe) == 0
+    key = lambda e: (json.dumps(e["scene"], sort_keys=True), e["question"])  # noqa: E731
+    seen = {key(e) for e in shapes.generate_examples("train", recipe.warm_start.n_examples, seed=recipe.warm_start.seed)}
+    train = load_examples(recipe.data.train)
+    assert sum(key(e) in seen for e in train) < 0.01 * len(train)  # tiny scenes repeat now and then
+
+    overlapping = load_recipe(RECIPE, {"data.train.seed": recipe.warm_start.seed})
+    assert warm_start_overlap(overlapping) == recipe.data.train.n
+    with caplog.at_level("WARNING", logger="rlvlm"):
+        validate(overlapping)
+    assert "warm-start was fine-tuned on" in caplog.text
