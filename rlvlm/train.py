@@ -123,18 +123,15 @@ def validate(recipe: Recipe) -> None:
 
 
 def warm_start_overlap(recipe: Recipe) -> int:
-    """How many GRPO training examples the tiny model's warm-start was fine-tuned on (shapes train
-    examples 0..warm_start.n_examples-1 of seed warm_start.seed)."""
+    """How many GRPO training examples the tiny model's warm-start was fine-tuned on."""
     from rlvlm.models import is_tiny
+    from rlvlm.warmstart import sft_source
 
     if not (is_tiny(recipe.model) and recipe.warm_start.enabled):
         return 0
+    split, seed, n = sft_source(recipe.warm_start)
     specs = recipe.data.train if isinstance(recipe.data.train, list) else [recipe.data.train]
-    return sum(
-        min(spec.n, recipe.warm_start.n_examples)
-        for spec in specs
-        if spec.name == "shapes" and spec.split == "train" and spec.seed == recipe.warm_start.seed
-    )
+    return sum(min(spec.n, n) for spec in specs if (spec.name, spec.split, spec.seed) == ("shapes", split, seed))
 
 
 def warn_if_warm_start_prompts(recipe: Recipe) -> None:
@@ -143,7 +140,7 @@ def warn_if_warm_start_prompts(recipe: Recipe) -> None:
     overlap = warm_start_overlap(recipe)
     if overlap:
         log.warning(
-            "%d GRPO training examples are ones the warm-start was fine-tuned on (shapes train, seed %d); "
+            "%d GRPO training examples are ones the warm-start was fine-tuned on (shapes, seed %d); "
             "give data.train another seed for prompts it has not seen.", overlap, recipe.warm_start.seed,
         )
 

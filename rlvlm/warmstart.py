@@ -28,12 +28,18 @@ def response_for(example: dict, letter: str, seed: int = 0) -> str:
     return f"<think>{shapes.cot_for(example, letter, seed=seed)}</think><answer>{letter}</answer>"
 
 
+def sft_source(section: WarmStartSection) -> tuple[str, int, int]:
+    """(split, seed, n): the SFT fits shapes examples 0..n-1 of that split and seed."""
+    return "train", section.seed, section.n_examples
+
+
 def sft_rows(section: WarmStartSection) -> list[dict]:
     from rlvlm.data import shapes
     from rlvlm.perturb import augment
 
+    split, seed, n = sft_source(section)
     rows = []
-    for i, ex in enumerate(shapes.generate_examples("train", section.n_examples, seed=section.seed)):
+    for i, ex in enumerate(shapes.generate_examples(split, n, seed=seed)):
         prompt = augment(ex, section.captions, seed=section.seed, epoch=0)["prompt"]
         # The target is always the gold reasoning, phrased independently of family and gold letter.
         completion = [{"role": "assistant", "content": response_for(ex, ex["answer"], seed=i // 16)}]
