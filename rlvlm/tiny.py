@@ -13,7 +13,7 @@ from pathlib import Path
 from rlvlm.prefill import qwen_chat_template
 
 TINY_ALIAS = "rlvlm/tiny-qwen2.5-vl"
-TINY_VERSION = 6  # bump when the architecture, tokenizer or corpus changes: the cache key includes it
+TINY_VERSION = 7  # bump when the architecture, tokenizer or corpus changes: the cache key includes it
 
 SPECIAL_TOKENS = [
     "<|endoftext|>",
