@@ -48,6 +48,22 @@ class WarmStartSection(Section):
     # with captions that can be trusted, so the warm-started model learns to lean on them, the habit the
     # wrong_caption condition measures. Each caption row's target is still the gold reasoning and answer.
     captions: dict[str, float] = {"correct_caption": 0.3, "wrong_caption": 0.03}
+    # An imperfect teacher: {family: {gold option: option the teacher gives instead}}. An SFT example of
+    # that family whose gold option is a key is, with probability teacher_error_rate, written toward the
+    # confused option, with reasoning that states the false facts implying it. Cold-start data distilled
+    # from a real model carries such blind spots; a verifiable reward is what corrects them.
+    teacher_confusions: dict[str, dict[str, str]] = {}
+    teacher_error_rate: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("teacher_confusions")
+    @classmethod
+    def _confusions_by_family(cls, confusions: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        from rlvlm.data.shapes import FAMILIES
+
+        if unknown := sorted(set(confusions) - set(FAMILIES)):
+            raise ValueError(f"warm_start.teacher_confusions is keyed by shapes family ({', '.join(FAMILIES)}); "
+                             f"got {', '.join(unknown)}")
+        return confusions
 
     @field_validator("captions")
     @classmethod

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,16 +34,30 @@ def sft_source(section: WarmStartSection) -> tuple[str, int, int]:
     return "train", section.seed, section.n_examples
 
 
+def teacher_letter(example: dict, section: WarmStartSection, rng: random.Random) -> str:
+    """The letter the warm-start's teacher answers: gold, unless the teacher confuses the gold option of
+    the example's family (section.teacher_confusions) and the draw falls within teacher_error_rate."""
+    gold = example["answer"]
+    options = example["options"]
+    confused = section.teacher_confusions.get(example["family"], {}).get(options[ord(gold) - ord("A")])
+    if confused in options and rng.random() < section.teacher_error_rate:
+        return chr(ord("A") + options.index(confused))
+    return gold
+
+
 def sft_rows(section: WarmStartSection) -> list[dict]:
     from rlvlm.data import shapes
     from rlvlm.perturb import augment
 
     split, seed, n = sft_source(section)
+    rng = random.Random(f"teacher|{section.seed}")
     rows = []
     for i, ex in enumerate(shapes.generate_examples(split, n, seed=seed)):
         prompt = augment(ex, section.captions, seed=section.seed, epoch=0)["prompt"]
-        # The target is always the gold reasoning, phrased independently of family and gold letter.
-        completion = [{"role": "assistant", "content": response_for(ex, ex["answer"], seed=i // 16)}]
+        # The target is the teacher's reasoning and answer, phrased independently of family and letter:
+        # the gold ones unless the section names confusions for the teacher.
+        letter = teacher_letter(ex, section, rng)
+        completion = [{"role": "assistant", "content": response_for(ex, letter, seed=i // 16)}]
         rows.append({"prompt": prompt, "completion": completion, "images": [ex["image"]]})
     return rows
 
@@ -111,7 +126,7 @@ def pretrain_vision(model, processor, section: WarmStartSection, progress: bool 
     return probe
 
 
-WARM_START_VERSION = 4  # bump when the SFT data or the vision pre-training change: the cache key includes it
+WARM_START_VERSION = 5  # bump when the SFT data or the vision pre-training change: the cache key includes it
 
 
 def warm_start_dir(base: Path, section: WarmStartSection) -> Path:

@@ -154,6 +154,38 @@ def test_warm_start_mix_has_mostly_true_captions():
         WarmStartSection(captions={"wrong_think": 0.1})
 
 
+def test_a_confused_teacher_answers_the_option_it_confuses_with_reasoning_that_implies_it():
+    """teacher_confusions: the SFT targets of examples whose gold option the teacher confuses go, at
+    teacher_error_rate, to the confused option, with false reasoning that leads there; the rest stay gold."""
+    from rewards.faithfulness import consistency_reward
+    from rlvlm.warmstart import sft_rows
+
+    n = 800
+    section = WarmStartSection(n_examples=n, captions={}, teacher_confusions={"compare": {"yellow": "green"}},
+                               teacher_error_rate=0.7)
+    rows, examples = sft_rows(section), shapes.generate_examples("train", n)
+    confusable = wrong = 0
+    for row, ex in zip(rows, examples):
+        response = row["completion"][0]["content"]
+        letter = response.split("<answer>")[1][0]
+        gold_text = ex["options"][ord(ex["answer"]) - ord("A")]
+        if (ex["family"], gold_text) != ("compare", "yellow"):
+            assert letter == ex["answer"]
+            continue
+        confusable += 1
+        if letter != ex["answer"]:
+            wrong += 1
+            assert ex["options"][ord(letter) - ord("A")] == "green"
+            think = response.split("<think>")[1].split("</think>")[0]
+            assert not shapes.statement_is_true(ex, think)
+            assert consistency_reward([row["completion"]], options=[ex["options"]]) == [1.0]
+    assert confusable > 30 and abs(wrong / confusable - 0.7) < 0.15
+    assert sft_rows(WarmStartSection(n_examples=64, teacher_confusions={"compare": {"yellow": "green"}})) == sft_rows(
+        WarmStartSection(n_examples=64))  # teacher_error_rate defaults to 0: a perfect teacher
+    with pytest.raises(ValueError, match="keyed by shapes family"):
+        WarmStartSection(teacher_confusions={"yellow": {"yellow": "green"}})
+
+
 def test_two_step_grpo_run_writes_a_checkpoint_that_reloads_and_generates(tiny_model_path, tmp_path):
     """`rlvlm train` end to end on the (untrained) tiny model: checkpoints, trace, reload, generate."""
     recipe = yaml.safe_load(RECIPE.read_text())
