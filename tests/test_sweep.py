@@ -84,7 +84,8 @@ def test_overrides_merge_into_sections_and_the_command_line_wins(tmp_path):
     # common < config < per run < command line; sections merge key by key
     assert a.recipe.evaluation.max_new_tokens == 16 and a.recipe.evaluation.conditions == ["base", "wrong_caption"]
     assert a.recipe.evaluation.batch_size == 2 and b.recipe.evaluation.max_new_tokens == 8
-    assert a.recipe.grpo["learning_rate"] == 1e-4 and b.recipe.grpo["learning_rate"] == 5e-5  # the base recipe's
+    base_learning_rate = yaml.safe_load(RECIPE.read_text())["learning_rate"]
+    assert a.recipe.grpo["learning_rate"] == 1e-4 and b.recipe.grpo["learning_rate"] == base_learning_rate
     assert a.recipe.augmentation.probs == {"wrong_think": 0.5}
     assert b.recipe.augmentation.probs == {"wrong_think": 0.5, **AUGMENT["probs"]}
     assert c.recipe.augmentation.probs == {}
