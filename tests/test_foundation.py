@@ -184,6 +184,8 @@ def test_a_confused_teacher_answers_the_option_it_confuses_with_reasoning_that_i
         WarmStartSection(n_examples=64))  # teacher_error_rate defaults to 0: a perfect teacher
     with pytest.raises(ValueError, match="keyed by shapes family"):
         WarmStartSection(teacher_confusions={"yellow": {"yellow": "green"}})
+    with pytest.raises(ValueError, match="yelow is not an option of compare questions"):
+        WarmStartSection(teacher_confusions={"compare": {"yelow": "green"}})
 
 
 def test_two_step_grpo_run_writes_a_checkpoint_that_reloads_and_generates(tiny_model_path, tmp_path):
