@@ -58,16 +58,16 @@ class WarmStartSection(Section):
     @field_validator("teacher_confusions")
     @classmethod
     def _confusions_by_family(cls, confusions: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-        from rlvlm.data.shapes import COLORS, COUNT_OPTIONS, FAMILIES, RELATIONS, SHAPES
+        from rlvlm.data.shapes import FAMILIES, FAMILY_OPTIONS
 
         if unknown := sorted(set(confusions) - set(FAMILIES)):
             raise ValueError(f"warm_start.teacher_confusions is keyed by shapes family ({', '.join(FAMILIES)}); "
                              f"got {', '.join(unknown)}")
-        options = {"count": COUNT_OPTIONS, "attribute": COLORS + SHAPES, "position": RELATIONS, "compare": COLORS}
         for family, pairs in confusions.items():
-            if bad := sorted({str(o) for pair in pairs.items() for o in pair} - set(options[family])):
+            options = FAMILY_OPTIONS[family]
+            if bad := sorted({o for pair in pairs.items() for o in pair} - set(options)):
                 raise ValueError(f"warm_start.teacher_confusions.{family}: {', '.join(bad)} is not an option of "
-                                 f"{family} questions ({', '.join(options[family])})")
+                                 f"{family} questions ({', '.join(options)})")
         return confusions
 
     @field_validator("captions")

@@ -37,11 +37,12 @@ def sft_source(section: WarmStartSection) -> tuple[str, int, int]:
 def teacher_letter(example: dict, section: WarmStartSection, rng: random.Random) -> str:
     """The letter the warm-start's teacher answers: gold, unless the teacher confuses the gold option of
     the example's family (section.teacher_confusions) and the draw falls within teacher_error_rate."""
-    gold = example["answer"]
-    options = example["options"]
-    confused = section.teacher_confusions.get(example["family"], {}).get(options[ord(gold) - ord("A")])
+    from rlvlm.data.shapes import LETTERS
+
+    gold, options = example["answer"], example["options"]
+    confused = section.teacher_confusions.get(example["family"], {}).get(options[LETTERS.index(gold)])
     if confused in options and rng.random() < section.teacher_error_rate:
-        return chr(ord("A") + options.index(confused))
+        return LETTERS[options.index(confused)]
     return gold
 
 

@@ -35,6 +35,8 @@ FAMILIES = ("count", "attribute", "position", "compare")
 RELATIONS = ("left of", "right of", "above", "below")
 COUNT_OPTIONS = ("0", "1", "2", "3")
 LETTERS = "ABCD"
+# The option texts each family's questions can offer (attribute: colours or shapes, by question).
+FAMILY_OPTIONS = {"count": COUNT_OPTIONS, "attribute": COLORS + SHAPES, "position": RELATIONS, "compare": COLORS}
 GRID = 3
 IMAGE_SIZE = GRID * 28  # one merged Qwen2.5-VL vision token per cell
 MIN_OBJECTS, MAX_OBJECTS = 3, 5
@@ -503,13 +505,12 @@ def cot_for(example: dict, letter: str, seed: int = 0) -> str:
         # colour" lead): the tiny model reads a count where its name is, and attribute accuracy of the
         # warm-start went from 0.40-0.55 to 0.86 (1,024 test questions).
         group, key, counts = _claimed_tally(example, letter)
-        _, _, _, color, shape = _tally_spec(q)
+        _, _, asked, color, shape = _tally_spec(q)
         lead = f"{group.capitalize()} by {key}" if v == 0 else f"Sorting the {group} by {key}"
         if _Q_COUNT.match(q):
             # The asked entry comes last, so "There are N" copies the number just written: listed in
             # its fixed place, the tiny model read it right (236 of 256) and then restated another
             # entry's number in 66 conclusions, and count accuracy stayed at 0.65.
-            asked = _tally_spec(q)[2]
             counts = {k: n for k, n in counts.items() if k != asked} | {asked: counts[asked]}
         tally = ", ".join(f"{_tally_name(key, k, color, shape)} {n}" for k, n in counts.items())
         if _Q_COUNT.match(q):
