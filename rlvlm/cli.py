@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         "e.g. --model.name Qwen/Qwen2.5-VL-7B-Instruct). Resume a run with --resume_from_checkpoint true.",
     )
     p.add_argument("recipe", help="path to the recipe YAML")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no printed log lines "
+                   "(the logs still reach trainer_state.json and report_to)")
     p.set_defaults(run=_train)
 
     p = sub.add_parser(
@@ -124,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("recipe", help="path to the sweep recipe YAML")
     p.add_argument("--output_dir", default=None, help="sweep directory (default: runs/<sweep name>)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no printed log lines "
+                   "(the logs still reach trainer_state.json and report_to)")
     p.set_defaults(run=_sweep)
 
     p = sub.add_parser(

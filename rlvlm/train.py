@@ -166,6 +166,8 @@ def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None
     processor = AutoProcessor.from_pretrained(model_path)
     processor.tokenizer.padding_side = "left"
     config = recipe.grpo_config()
+    if not progress:
+        config.disable_tqdm = True
     reward_funcs, weights = load_rewards(recipe.rewards)
     config.reward_weights = weights
     ensure_prefill(processor)  # pre-filled thinks stay open under TRL's add_generation_prompt=True
@@ -181,6 +183,10 @@ def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None
         processing_class=processor,
         peft_config=peft_config(recipe.peft, recipe.model),
     )
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)  # with tqdm off, Trainer prints every log dict instead
     if recipe.model.freeze_vision:
         freeze_vision_tower(trainer.model)  # before train() builds the optimizer
     # Rewards that score with the current policy (counterfactual) get a weak reference to the trainer

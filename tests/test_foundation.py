@@ -188,7 +188,7 @@ def test_a_confused_teacher_answers_the_option_it_confuses_with_reasoning_that_i
         WarmStartSection(teacher_confusions={"compare": {"yelow": "green"}})
 
 
-def test_two_step_grpo_run_writes_a_checkpoint_that_reloads_and_generates(tiny_model_path, tmp_path):
+def test_two_step_grpo_run_writes_a_checkpoint_that_reloads_and_generates(tiny_model_path, tmp_path, capsys):
     """`rlvlm train` end to end on the (untrained) tiny model: checkpoints, trace, reload, generate."""
     recipe = yaml.safe_load(RECIPE.read_text())
     recipe.update(
@@ -210,6 +210,9 @@ def test_two_step_grpo_run_writes_a_checkpoint_that_reloads_and_generates(tiny_m
     from rlvlm.cli import main
 
     assert main(["train", str(path), "--output_dir", str(run), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert "'loss'" not in out + err and "2/2 [" not in err  # --quiet: no log dicts, no progress bar
+    assert json.loads((run / "trainer_state.json").read_text())["log_history"][0]["loss"] is not None
     ckpt = run / "checkpoint-2"
     assert ckpt.is_dir()
     rows = [json.loads(line) for line in (run / "eval" / "trace.jsonl").read_text().splitlines()]
