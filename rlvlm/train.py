@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import netrc
+import os
 from collections import Counter
 from pathlib import Path
+from urllib.parse import urlparse
 
 from rlvlm.recipe import Recipe, RecipeError
 
@@ -145,6 +148,34 @@ def warn_if_warm_start_prompts(recipe: Recipe) -> None:
         )
 
 
+def wandb_has_credentials() -> bool:
+    """Whether wandb would find a key: WANDB_API_KEY (or an identity token file), or the ~/.netrc entry
+    for the W&B host that `wandb login` writes."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        return netrc.netrc(os.environ.get("NETRC")).authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def default_wandb_offline(report_to: list[str] | str | None) -> bool:
+    """With wandb among the loggers, no key and no WANDB_MODE of the user's, log offline rather than let
+    wandb.init stop the run asking for a key (or wait on a network it cannot reach). Returns whether it
+    set WANDB_MODE=offline."""
+    targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    if not ({"wandb", "all"} & set(targets)) or "WANDB_MODE" in os.environ or wandb_has_credentials():
+        return False
+    os.environ["WANDB_MODE"] = "offline"
+    log.warning(
+        "wandb: no API key (WANDB_API_KEY or `wandb login`), so this run logs offline under %s; "
+        "upload it later with `wandb sync`. Set WANDB_MODE to choose otherwise.",
+        Path(os.environ.get("WANDB_DIR", ".")) / "wandb",
+    )
+    return True
+
+
 def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None = None):
     from datasets import Dataset
     from transformers import AutoProcessor
@@ -168,6 +199,7 @@ def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None
     config = recipe.grpo_config()
     if not progress:
         config.disable_tqdm = True
+    default_wandb_offline(config.report_to)
     reward_funcs, weights = load_rewards(recipe.rewards)
     config.reward_weights = weights
     ensure_prefill(processor)  # pre-filled thinks stay open under TRL's add_generation_prompt=True

@@ -293,3 +293,51 @@ def test_embedded_default_trains_on_prompts_the_warm_start_never_saw(caplog):
     with caplog.at_level("WARNING", logger="rlvlm"):
         validate(overlapping)
     assert "warm-start was fine-tuned on" in caplog.text
+
+
+@pytest.fixture
+def no_wandb_key(monkeypatch, tmp_path):
+    for var in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # no `wandb login` entry
+    return tmp_path / "netrc"
+
+
+def test_wandb_logs_offline_only_when_no_key_and_no_mode_is_set(no_wandb_key, monkeypatch):
+    import os
+
+    from rlvlm.train import default_wandb_offline
+
+    assert not default_wandb_offline(["tensorboard"]) and "WANDB_MODE" not in os.environ
+    assert default_wandb_offline(["wandb"]) and os.environ["WANDB_MODE"] == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")  # the user's choice stands
+    assert not default_wandb_offline("all") and os.environ["WANDB_MODE"] == "disabled"
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
+    assert not default_wandb_offline(["wandb"]) and "WANDB_MODE" not in os.environ
+    monkeypatch.delenv("WANDB_API_KEY")
+    no_wandb_key.write_text("machine api.wandb.ai login user password " + "k" * 40 + "\n")  # `wandb login`
+    assert not default_wandb_offline(["wandb"]) and "WANDB_MODE" not in os.environ
+
+
+def test_report_to_wandb_without_a_key_runs_offline_with_the_evaluator_tables(tiny_model_path, no_wandb_key, tmp_path):
+    """Without the default, wandb.init stops the run: "No API key configured"."""
+    import os
+
+    recipe = {
+        "name": "wandb-offline", "warm_start": {"enabled": False},
+        "data": {"train": {"name": "shapes", "n": 8}, "eval": [{"name": "shapes", "split": "eval", "n": 4}]},
+        "evaluation": {"conditions": ["base"], "max_new_tokens": 8, "batch_size": 8},
+        "num_generations": 2, "per_device_train_batch_size": 2, "max_completion_length": 8,
+        "max_steps": 1, "save_steps": 1, "bf16": False, "report_to": "wandb",
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    env = {**os.environ, "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true"}
+    done = subprocess.run([sys.executable, "-m", "rlvlm", "train", str(path), "--output_dir", str(tmp_path / "run"),
+                           "--quiet"], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "logs offline" in done.stderr
+    [run] = (tmp_path / "wandb").glob("offline-run-*")
+    assert list(run.glob("run-*.wandb"))
+    assert list((run / "files" / "media" / "table" / "eval" / "shapes" / "base").glob("samples_*.table.json"))
