@@ -150,7 +150,8 @@ def warn_if_warm_start_prompts(recipe: Recipe) -> None:
 
 def wandb_has_credentials() -> bool:
     """Whether wandb would find a key: WANDB_API_KEY (or an identity token file), or the ~/.netrc entry
-    for the W&B host that `wandb login` writes."""
+    for the W&B host that `wandb login` writes. (wandb has no public call that answers this without
+    prompting or reaching the server.)"""
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
@@ -160,12 +161,11 @@ def wandb_has_credentials() -> bool:
         return False
 
 
-def default_wandb_offline(report_to: list[str] | str | None) -> bool:
-    """With wandb among the loggers, no key and no WANDB_MODE of the user's, log offline rather than let
-    wandb.init stop the run asking for a key (or wait on a network it cannot reach). Returns whether it
-    set WANDB_MODE=offline."""
-    targets = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    if not ({"wandb", "all"} & set(targets)) or "WANDB_MODE" in os.environ or wandb_has_credentials():
+def default_wandb_offline(report_to: list[str]) -> bool:
+    """With wandb among the loggers (`report_to` as TrainingArguments normalises it: a list, "all" already
+    expanded), no key and no WANDB_MODE of the user's, log offline rather than let wandb.init stop the run
+    asking for a key. Returns whether it set WANDB_MODE=offline."""
+    if "wandb" not in report_to or "WANDB_MODE" in os.environ or wandb_has_credentials():
         return False
     os.environ["WANDB_MODE"] = "offline"
     log.warning(

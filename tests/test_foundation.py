@@ -1,6 +1,7 @@
 """The tiny model, tokenizer and processor; recipe errors through the CLI; a short GRPO run end to end."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -304,14 +305,12 @@ def no_wandb_key(monkeypatch, tmp_path):
 
 
 def test_wandb_logs_offline_only_when_no_key_and_no_mode_is_set(no_wandb_key, monkeypatch):
-    import os
-
     from rlvlm.train import default_wandb_offline
 
     assert not default_wandb_offline(["tensorboard"]) and "WANDB_MODE" not in os.environ
     assert default_wandb_offline(["wandb"]) and os.environ["WANDB_MODE"] == "offline"
     monkeypatch.setenv("WANDB_MODE", "disabled")  # the user's choice stands
-    assert not default_wandb_offline("all") and os.environ["WANDB_MODE"] == "disabled"
+    assert not default_wandb_offline(["wandb"]) and os.environ["WANDB_MODE"] == "disabled"
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_API_KEY", "k" * 40)
     assert not default_wandb_offline(["wandb"]) and "WANDB_MODE" not in os.environ
@@ -322,8 +321,6 @@ def test_wandb_logs_offline_only_when_no_key_and_no_mode_is_set(no_wandb_key, mo
 
 def test_report_to_wandb_without_a_key_runs_offline_with_the_evaluator_tables(tiny_model_path, no_wandb_key, tmp_path):
     """Without the default, wandb.init stops the run: "No API key configured"."""
-    import os
-
     recipe = {
         "name": "wandb-offline", "warm_start": {"enabled": False},
         "data": {"train": {"name": "shapes", "n": 8}, "eval": [{"name": "shapes", "split": "eval", "n": 4}]},
