@@ -200,7 +200,8 @@ def counterfactual_run(recipe, warmup: int) -> dict:
 
 def checkpoint_evaluator(settings: Settings, path: str):
     """The recipe's evaluator and the model it evaluates (built once, as the callback does)."""
-    from rlvlm.evaluate import Evaluator, load_model
+    from rlvlm.evaluation.cli import load_model
+    from rlvlm.evaluation.evaluator import Evaluator
     from rlvlm.recipe import load_recipe
 
     recipe = load_recipe(RECIPE, settings.overrides)

@@ -1,19 +1,26 @@
-"""The robustness evaluator at every checkpoint, as a `transformers.TrainerCallback`.
+"""The robustness evaluator inside training, as `transformers.TrainerCallback`s.
 
+`EvalCallback` (`evaluation.mode: inline`):
 - `on_train_begin`: evaluates the current step (0 before any update; on a resumed run, the resumed
   checkpoint's step when the trace lacks it) unless `evaluation.at_start` is false for step 0.
-- `on_save`: evaluates every saved checkpoint.
+- `on_save`: evaluates the saved checkpoint when `evaluation.every` selects it (the last one always).
+When the trainer generates with vLLM, evaluation generates with the same engine after pushing the
+current weights to it; option probabilities come from one teacher-forced pass on the trainer's model.
 
 Steps already in `RUN_DIR/eval/trace.jsonl` are skipped, so a resumed run never duplicates a row.
 Scalars go to the trainer's own loggers (wandb, tensorboard, ...) as `eval/<dataset>/<condition>/<metric>`
 at the training step; with an active wandb run, a Table of sample responses per condition too.
 An evaluator error is logged (and recorded in `eval/errors.jsonl`) and training goes on, or, with
 `evaluation.on_error: stop`, the run stops with `EvaluationError`.
+
+`WandbRunRecorder` writes `RUN_DIR/wandb_run.json` (the run's id, project, entity, mode) once wandb is
+up, so that a follower (`rlvlm eval --follow`) logs into the same wandb run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 import time
@@ -23,15 +30,20 @@ from pathlib import Path
 from transformers import TrainerCallback
 from transformers.trainer_callback import DefaultFlowCallback, PrinterCallback, ProgressCallback
 
-from rlvlm import evaluate as ev
+from rlvlm.evaluation import trace
+from rlvlm.evaluation.distributed import broadcast, sync_error
+from rlvlm.evaluation.evaluator import Evaluator
+from rlvlm.evaluation.generation import EvaluationError, TrainerEngine
+from rlvlm.evaluation.follow import WANDB_RUN
+from rlvlm.evaluation.results import EvalResult, format_rows, sample_tables
+from rlvlm.evaluation.schedule import is_evaluated
 
 log = logging.getLogger("rlvlm.eval")
 
-TABLE_COLUMNS = ["step", "id", "gold", "target", "pred", "correct", "consistent", "p_correct", "response"]
 
 
 class EvalCallback(TrainerCallback):
-    """Evaluates the recipe's eval sets under its conditions at step 0 and at every save."""
+    """Evaluates the recipe's eval sets under its conditions at step 0 and at the saves `every` selects."""
 
     def __init__(self, recipe, run_dir: str | Path | None = None, conditions=None):
         self.recipe = recipe
@@ -39,11 +51,11 @@ class EvalCallback(TrainerCallback):
         self.conditions = conditions
         self.eval_dir = Path(run_dir or recipe.grpo["output_dir"]) / "eval"
         self.trainer = None
-        self.evaluator: ev.Evaluator | None = None
+        self.evaluator: Evaluator | None = None
         self.history: list[dict] = []  # {"step", "seconds", "rows"} or {"step", "error"}, this process's view
 
     def attach(self, trainer) -> "EvalCallback":
-        """Register on `trainer` (the trainer's accelerator, wrapped model and loggers are then used)."""
+        """Register on `trainer` (the trainer's accelerator, wrapped model, vLLM engine and loggers are then used)."""
         self.trainer = trainer
         trainer.add_callback(self)
         return self
@@ -55,7 +67,8 @@ class EvalCallback(TrainerCallback):
             self._evaluate(args, state, control, kwargs)
 
     def on_save(self, args, state, control, **kwargs):
-        self._evaluate(args, state, control, kwargs)
+        if is_evaluated(state.global_step, state.save_steps, self.section.every, state.max_steps):
+            self._evaluate(args, state, control, kwargs)
 
     # ------------------------------------------------------------------ work
 
@@ -75,9 +88,18 @@ class EvalCallback(TrainerCallback):
         ) as unwrapped:
             yield unwrapped
 
-    def _evaluator(self, processor) -> ev.Evaluator:
+    def engine(self) -> TrainerEngine | None:
+        """The trainer's vLLM engine when it generates with one and `evaluation.engine` allows it."""
+        if self.section.engine == "transformers" or self.trainer is None:
+            return None
+        vllm_generation = getattr(self.trainer, "vllm_generation", None)
+        if not getattr(self.trainer.args, "use_vllm", False) or vllm_generation is None:
+            return None
+        return TrainerEngine(vllm_generation)
+
+    def _evaluator(self, processor) -> Evaluator:
         if self.evaluator is None:
-            self.evaluator = ev.Evaluator.from_recipe(self.recipe, processor, self.conditions)
+            self.evaluator = Evaluator.from_recipe(self.recipe, processor, self.conditions)
         return self.evaluator
 
     def _evaluate(self, args, state, control, kwargs) -> None:
@@ -92,42 +114,45 @@ class EvalCallback(TrainerCallback):
         result, error, tb = None, None, ""
         try:
             evaluator = self._evaluator(processor)
-            pending = ev._broadcast(ev.todo(self.eval_dir, step, evaluator.keys()) if main else None)
+            pending = broadcast(trace.todo(self.eval_dir, step, evaluator.keys()) if main else None)
             if not pending:
-                log.info("eval step %d: already in %s; skipped", step, self.eval_dir / ev.TRACE)
+                log.info("eval step %d: already in %s; skipped", step, self.eval_dir / trace.TRACE)
                 return
-            bases = ev.base_records(self.eval_dir, step) if main else []
+            bases = trace.base_records(self.eval_dir, step) if main else []
+            engine = self.engine()
+            if engine is not None:
+                engine.sync()  # the engine holds the weights of the last generation, not this checkpoint's
             with self._model(model) as unwrapped:
-                result = evaluator.run(unwrapped, step, only=pending, base_records=bases)
+                result = evaluator.run(unwrapped, step, only=pending, base_records=bases, engine=engine)
         except Exception as e:  # noqa: BLE001 - raised alike on every process (see Evaluator.run)
             error = f"{type(e).__name__}: {e}"
             tb = traceback.format_exc()
         if error is None and main:
             try:
-                ev.write_result(self.eval_dir, result)
+                trace.write_result(self.eval_dir, result)
             except Exception as e:  # noqa: BLE001
                 error, tb = f"writing results: {type(e).__name__}: {e}", traceback.format_exc()
-        error = ev.sync_error(error)
+        error = sync_error(error)
         if error is not None:
             self._fail(step, error, tb, main)
             return
         self.history.append({"step": step, "seconds": result.seconds, "rows": len(result.trace)})
         if main:
-            log.info("eval step %d: %d rows in %.1fs\n%s", step, len(result.trace), result.seconds, ev.format_rows(result.trace))
+            log.info("eval step %d: %d rows in %.1fs\n%s", step, len(result.trace), result.seconds, format_rows(result.trace))
         self._log(args, state, control, result, kwargs)
 
     def _fail(self, step: int, error: str, tb: str, main: bool) -> None:
         self.history.append({"step": step, "error": error})
         if self.section.on_error == "stop":
-            raise ev.EvaluationError(f"evaluation at step {step} failed (evaluation.on_error: stop): {error}")
+            raise EvaluationError(f"evaluation at step {step} failed (evaluation.on_error: stop): {error}")
         log.error("evaluation at step %d failed; training goes on (evaluation.on_error: log): %s\n%s", step, error, tb)
         if main:
             with contextlib.suppress(Exception):
-                ev.append_jsonl(self.eval_dir / ev.ERRORS, [{"step": step, "error": error, "time": time.time()}])
+                trace.record_error(self.eval_dir, step, error, time.time())
 
     # ------------------------------------------------------------------ loggers
 
-    def _log(self, args, state, control, result: ev.EvalResult, kwargs) -> None:
+    def _log(self, args, state, control, result: EvalResult, kwargs) -> None:
         """Scalars through the trainer's integration callbacks; keys `eval_<dataset>/<condition>/<metric>`,
         which they rename to `eval/<dataset>/<condition>/<metric>` and log at `state.global_step`."""
         logs = {f"eval_{k}": v for k, v in result.log_dict().items()}
@@ -143,28 +168,41 @@ class EvalCallback(TrainerCallback):
         if state.is_world_process_zero:
             self._log_wandb_tables(state, result)
 
-    def _log_wandb_tables(self, state, result: ev.EvalResult) -> None:
+    def _log_wandb_tables(self, state, result: EvalResult) -> None:
         wandb = sys.modules.get("wandb")  # never imported here: only an active run is used
         run = getattr(wandb, "run", None) if wandb is not None else None
         n = self.section.n_samples_table
         if run is None or n <= 0:
             return
-        payload, seen = {}, {}
-        for r in result.records:
-            key = f"eval/{r['dataset']}/{r['condition']}/samples"
-            rows = seen.setdefault(key, [])
-            if len(rows) < n:
-                rows.append([state.global_step, r["id"], r["gold"], r["target"], r["pred"], r["correct"], r["consistent"], r["p_correct"], r["response"]])
-        for key, rows in seen.items():
-            payload[key] = wandb.Table(columns=TABLE_COLUMNS, data=rows)
+        tables = sample_tables(result.records, state.global_step, n)
+        payload = {key: wandb.Table(columns=columns, data=rows) for key, (columns, rows) in tables.items()}
         try:
             run.log({**payload, "train/global_step": state.global_step})
         except Exception:  # noqa: BLE001
             log.exception("logging the wandb sample tables failed")
 
 
+class WandbRunRecorder(TrainerCallback):
+    """Writes RUN_DIR/wandb_run.json once the trainer's wandb run exists (main process)."""
+
+    def __init__(self, run_dir: str | Path):
+        self.path = Path(run_dir) / WANDB_RUN
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        wandb = sys.modules.get("wandb")
+        run = getattr(wandb, "run", None) if wandb is not None else None
+        if run is None or not state.is_world_process_zero:
+            return
+        info = {"id": run.id, "project": run.project, "entity": run.entity,
+                "mode": "offline" if run.settings.mode in ("offline", "dryrun") else "online"}
+        with contextlib.suppress(OSError):
+            self.path.write_text(json.dumps(info) + "\n")
+
+
 def attach_evaluator(trainer, recipe) -> EvalCallback | None:
-    """Attach the evaluator callback to a trainer when `evaluation.enabled`."""
-    if not recipe.evaluation.enabled:
+    """Attach the evaluator callback to a trainer when `evaluation.enabled` and `mode: inline`; with
+    `mode: follow`, only the wandb-run record that the follower reads."""
+    trainer.add_callback(WandbRunRecorder(recipe.grpo["output_dir"]))
+    if not recipe.evaluation.enabled or recipe.evaluation.mode == "follow":
         return None
     return EvalCallback(recipe).attach(trainer)

@@ -32,7 +32,7 @@ def _end_distributed() -> None:
 
 
 def _eval(args: argparse.Namespace, extra: list[str]) -> int:
-    from rlvlm.evaluate import evaluate_cli
+    from rlvlm.evaluation.cli import evaluate_cli
 
     code = evaluate_cli(args, parse_overrides(extra))
     _end_distributed()
@@ -86,14 +86,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "eval",
-        help="evaluate a checkpoint or model id",
-        description="Evaluate MODEL (a checkpoint directory, a model id, or 'tiny') on the recipe's eval sets "
-        "under its evaluation conditions (default: all eight), writing OUT/trace.jsonl rows (the same schema as "
-        "a run's eval/trace.jsonl), OUT/records/step_XXXXXX.jsonl, OUT/auroc.jsonl and OUT/signals.jsonl. "
-        "Recipe keys can be overridden as --key value (e.g. --evaluation.max_new_tokens 32). "
-        "A step already in OUT/trace.jsonl is not evaluated again.",
+        help="evaluate a checkpoint or model id, follow a run's checkpoints, or plan an evaluation's cost",
+        description="rlvlm eval MODEL: evaluate MODEL (a checkpoint directory, a model id, or 'tiny') on the "
+        "recipe's eval sets under its evaluation conditions (default: all eight), writing OUT/trace.jsonl rows "
+        "(the same schema as a run's eval/trace.jsonl), OUT/records/step_XXXXXX.jsonl, OUT/auroc.jsonl and "
+        "OUT/signals.jsonl; a step already in OUT/trace.jsonl is not evaluated again. "
+        "rlvlm eval --follow RUN_DIR: evaluate a run trained with evaluation.mode: follow, the starting model "
+        "as step 0 and then each checkpoint as it appears, into RUN_DIR/eval; exits 0 once the run has finished "
+        "and its last checkpoint is evaluated; killed and started again, it goes on where its trace stops. "
+        "rlvlm eval --plan RECIPE: print one JSON object with what one checkpoint's evaluation costs. "
+        "Recipe keys can be overridden as --key value (e.g. --evaluation.max_new_tokens 32).",
     )
-    p.add_argument("model", help="checkpoint directory, model id, or 'tiny'")
+    p.add_argument("model", nargs="?", default=None, help="checkpoint directory, model id, or 'tiny'")
+    p.add_argument("--follow", default=None, metavar="RUN_DIR", help="evaluate RUN_DIR's checkpoints as they appear")
+    p.add_argument("--plan", default=None, metavar="RECIPE", help="print what the recipe's evaluation costs (JSON)")
+    p.add_argument("--tokens_per_s", type=float, default=None, help="with --plan: the evaluator's generation "
+                   "rate, generated tokens/s of all its GPUs together, for hours per checkpoint and per run")
+    p.add_argument("--tokens_per_generation", type=float, default=None, help="with --plan: mean generated tokens "
+                   "per response (default: evaluation.max_new_tokens, an upper bound)")
+    p.add_argument("--poll", type=float, default=30.0, help="with --follow: seconds between looks for new checkpoints")
+    p.add_argument("--max_wait", type=float, default=None, help="with --follow: give up (exit 2) after this many "
+                   "seconds without a new checkpoint (default: wait until the run finishes)")
     p.add_argument("--recipe", default=None, help="recipe whose data.eval and evaluation sections to use "
                    "(default: the built-in defaults)")
     p.add_argument("--out", default=None, help="directory for the trace and per-example records "

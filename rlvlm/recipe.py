@@ -179,12 +179,22 @@ class PeftSection(Section):
 
 
 class EvaluationSection(Section):
-    """The robustness evaluator run at step 0 and at every saved checkpoint (and by `rlvlm eval`)."""
+    """The robustness evaluator run at step 0 and at saved checkpoints (and by `rlvlm eval`)."""
 
     enabled: bool = True
+    # inline: the trainer evaluates step 0 and the checkpoints itself; follow: training evaluates nothing
+    # and `rlvlm eval --follow RUN_DIR` evaluates them (other GPUs, another node, or afterwards)
+    mode: typing.Literal["inline", "follow"] = "inline"
+    every: int = Field(1, gt=0)  # evaluate every K-th saved checkpoint (the last one always)
     conditions: list[str] | None = None  # None: all eight of rlvlm.perturb.CONDITIONS
     max_new_tokens: int = Field(64, gt=0)
-    batch_size: int = Field(64, gt=0)  # generation and teacher-forced batch size, per process
+    batch_size: int = Field(64, gt=0)  # the most rows in a generation / teacher-forced batch, per process
+    # the most tokens in a batch, counted padded: rows x (longest prompt, image tokens included, + max_new_tokens)
+    max_batch_tokens: int = Field(65536, gt=0)
+    # auto: generate with vLLM when the trainer does (its engine, after a weight sync) or, in the follower,
+    # when vllm is installed and a GPU is there; transformers: always `generate`
+    engine: typing.Literal["auto", "transformers", "vllm"] = "auto"
+    vllm_gpu_memory_utilization: float = Field(0.5, gt=0, le=1)  # the follower's own engine only
     at_start: bool = True  # evaluate step 0, before any update
     on_error: typing.Literal["log", "stop"] = "log"  # an evaluator error: log it and train on, or stop the run
     n_samples_table: int = Field(4, ge=0)  # sample responses per condition in the wandb Table
@@ -236,6 +246,18 @@ class Recipe:
 
         return GRPOConfig(**self.grpo_kwargs())
 
+    def resolved(self) -> dict[str, Any]:
+        """The recipe as a YAML-ready mapping with every default written out; `build_recipe` of it gives
+        this recipe back (a resume request is left out: it belongs to one invocation)."""
+        from pydantic_core import to_jsonable_python
+
+        raw: dict[str, Any] = {"name": self.name}
+        for key in SECTIONS:
+            raw[key] = getattr(self, key).model_dump(mode="json")
+        raw["rewards"] = [r.model_dump(mode="json") for r in self.rewards]
+        raw.update({k: to_jsonable_python(v) for k, v in self.grpo.items() if k != "resume_from_checkpoint"})
+        return raw
+
     def grpo_kwargs(self) -> dict[str, Any]:
         """The recipe's GRPOConfig keys plus the defaults this machine needs."""
         return {**machine_defaults(), **self.grpo}
@@ -247,12 +269,12 @@ def machine_defaults() -> dict[str, Any]:
     defaults: dict[str, Any] = {"bf16": bf16_available()}
     # Several processes without a GPU (launch/accelerate/multi_cpu.yaml): tell accelerate they are
     # CPU processes, so that they join one gloo process group instead of running alone.
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _gpu_available():
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not gpu_available():
         defaults["use_cpu"] = True
     return defaults
 
 
-def _gpu_available() -> bool:
+def gpu_available() -> bool:
     import torch
 
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
@@ -314,7 +336,7 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
     return overrides
 
 
-def _set_dotted(raw: dict, key: str, value: Any, top: bool = True) -> None:
+def set_dotted(raw: dict, key: str, value: Any, top: bool = True) -> None:
     """`--data.train.n 16`: the first part names a section, deeper parts nested mappings in it (the
     section's validation then rejects any key it does not know)."""
     head, _, rest = key.partition(".")
@@ -330,7 +352,7 @@ def _set_dotted(raw: dict, key: str, value: Any, top: bool = True) -> None:
         what = f"Section '{head}'" if top else f"'{head}'"
         raise RecipeError(f"{what} must be a mapping to override '{rest}' in it, got {type(section).__name__}.")
     raw[head] = section
-    _set_dotted(section, rest, value, top=False)
+    set_dotted(section, rest, value, top=False)
 
 
 def _format_validation(where: str, error: ValidationError) -> str:
@@ -409,5 +431,5 @@ def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Re
     path = Path(path)
     raw = read_yaml_mapping(path)
     for key, value in (overrides or {}).items():
-        _set_dotted(raw, key, value)
+        set_dotted(raw, key, value)
     return build_recipe(raw, path)

@@ -18,7 +18,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlvlm.evaluate import AUROC, SIGNALS, TRACE, read_jsonl
+from rlvlm.evaluation.trace import AUROC, SIGNALS, TRACE, read_jsonl
 from rlvlm.perturb import CONDITIONS
 
 log = logging.getLogger("rlvlm.report")

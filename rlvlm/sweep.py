@@ -209,7 +209,7 @@ def validate_runs(runs: list[SweepRun]) -> None:
 
 def expected_keys(recipe: Recipe) -> set[tuple[str, str]]:
     """(dataset, condition) pairs the evaluator writes at every evaluated step."""
-    from rlvlm.evaluate import dataset_labels, resolve_conditions
+    from rlvlm.evaluation.items import dataset_labels, resolve_conditions
 
     return {(d, c) for d in dataset_labels(recipe.data.eval) for c in resolve_conditions(recipe.evaluation.conditions)}
 
@@ -222,7 +222,7 @@ def _read_json(path: Path) -> dict | None:
 
 
 def is_finished(run: SweepRun) -> bool:
-    from rlvlm.evaluate import TRACE, read_jsonl
+    from rlvlm.evaluation.trace import TRACE, read_jsonl
 
     state = _read_json(run.run_dir / TRAINER_STATE)
     if not state or "global_step" not in state:
@@ -421,7 +421,7 @@ def markdown(spec: SweepSpec, result: dict, runs: list[SweepRun], images: list[P
 
 def write_ablation(spec: SweepSpec, runs: list[SweepRun], out: Path) -> dict:
     """ablation.json, ablation.md, the plots and `rlvlm report` over the finished runs."""
-    from rlvlm.evaluate import TRACE, read_jsonl
+    from rlvlm.evaluation.trace import TRACE, read_jsonl
 
     traces = {run.label: read_jsonl(run.run_dir / "eval" / TRACE) for run in runs}
     result = ablation(runs, traces)

@@ -120,9 +120,14 @@ def validate(recipe: Recipe) -> None:
     load_rewards(recipe.rewards)
     warn_if_warm_start_prompts(recipe)
     try:
-        recipe.grpo_config()
+        config = recipe.grpo_config()
     except (ValueError, TypeError) as e:
         raise RecipeError(f"Invalid GRPO settings: {e}") from None
+    section = recipe.evaluation
+    if section.enabled and section.mode == "inline" and section.engine == "vllm" and not config.use_vllm:
+        raise RecipeError("evaluation.engine: vllm evaluates inline through the trainer's own vLLM engine, and "
+                          "this recipe trains without one (use_vllm: false). Set use_vllm: true, "
+                          "evaluation.engine: auto, or evaluation.mode: follow.")
 
 
 def warm_start_overlap(recipe: Recipe) -> int:
@@ -176,6 +181,33 @@ def default_wandb_offline(report_to: list[str]) -> bool:
     return True
 
 
+def default_wandb_shared(report_to: list[str], recipe: Recipe) -> bool:
+    """With `evaluation.mode: follow` the follower writes into this run's wandb run from another process;
+    wandb takes a second writer only when the run is in its shared mode, so an online run is started
+    in it (the trainer stays the primary writer). A WANDB_MODE of the user's is left alone."""
+    if recipe.evaluation.mode != "follow" or "wandb" not in report_to or "WANDB_MODE" in os.environ:
+        return False
+    os.environ["WANDB_MODE"] = "shared"
+    return True
+
+
+def save_resolved_recipe(recipe: Recipe) -> Path:
+    """RUN_DIR/recipe.yaml: the recipe with every override and default written out (main process), which
+    the follower and anyone re-running the run read."""
+    import yaml
+    from accelerate import PartialState
+
+    from rlvlm.evaluation.follow import RESOLVED_RECIPE
+
+    out = Path(recipe.grpo["output_dir"]) / RESOLVED_RECIPE
+    if PartialState().is_main_process:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False))
+        tmp.replace(out)
+    return out
+
+
 def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None = None):
     from datasets import Dataset
     from transformers import AutoProcessor
@@ -200,6 +232,7 @@ def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None
     if not progress:
         config.disable_tqdm = True
     default_wandb_offline(config.report_to)
+    default_wandb_shared(config.report_to, recipe)
     reward_funcs, weights = load_rewards(recipe.rewards)
     config.reward_weights = weights
     ensure_prefill(processor)  # pre-filled thinks stay open under TRL's add_generation_prompt=True
@@ -226,13 +259,14 @@ def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None
     bind_policy(reward_funcs, trainer)
     from rlvlm.callbacks import attach_evaluator
 
-    attach_evaluator(trainer, recipe)  # evaluates step 0 and every saved checkpoint into RUN_DIR/eval/
+    attach_evaluator(trainer, recipe)  # inline: evaluates step 0 and the saved checkpoints into RUN_DIR/eval/
     return trainer
 
 
 def train(recipe: Recipe, progress: bool = True) -> Path:
     validate(recipe)
     resume = check_run_dir(recipe)
+    save_resolved_recipe(recipe)
     trainer = build_trainer(recipe, progress=progress, resume_from=resume or None)
     trainer.train(resume_from_checkpoint=resume or None)
     trainer.save_state()

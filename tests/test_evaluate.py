@@ -10,7 +10,11 @@ import types
 import pytest
 import yaml
 
-from rlvlm import evaluate as ev
+from rlvlm.evaluation import evaluator as evaluator_module
+from rlvlm.evaluation import items as items_module
+from rlvlm.evaluation import trace
+from rlvlm.evaluation.evaluator import Evaluator
+from rlvlm.evaluation.generation import EvaluationError
 from rlvlm.metrics import CATEGORY_KEYS, TRACE_KEYS
 from rlvlm.perturb import STOP_THINK
 from rlvlm.recipe import build_recipe
@@ -107,28 +111,42 @@ def check_trace_rows(rows, n):
     ],
 )
 def test_forced_answer_suffix(prefix, completion, expected):
-    assert ev.forced_answer_suffix(prefix, completion) == expected
+    assert items_module.forced_answer_suffix(prefix, completion) == expected
 
 
 def test_own_think():
-    assert ev.own_think(None, "abc") == "abc"
-    assert ev.own_think("<think>It is A.", "It is A. But B.") == "But B."
-    assert ev.own_think(STOP_THINK, "Okay let's see. This should be the final answer.") == ""
-    assert ev.own_think(None, None) == ""
+    assert items_module.own_think(None, "abc") == "abc"
+    assert items_module.own_think("<think>It is A.", "It is A. But B.") == "But B."
+    assert items_module.own_think(STOP_THINK, "Okay let's see. This should be the final answer.") == ""
+    assert items_module.own_think(None, None) == ""
 
 
 def test_jsonl_append_is_whole_and_torn_lines_are_skipped(tmp_path):
     path = tmp_path / "eval" / "trace.jsonl"
-    ev.append_jsonl(path, [{"a": 1}, {"a": 2}])
+    trace.append_jsonl(path, [{"a": 1}, {"a": 2}])
     with open(path, "a") as f:
         f.write('{"a": 3')  # a torn write
-    assert ev.read_jsonl(path) == [{"a": 1}, {"a": 2}]
+    assert trace.read_jsonl(path) == [{"a": 1}, {"a": 2}]
 
 
-def test_plan_batches_is_independent_of_processes():
-    items = [{"_text": "x" * k} for k in (5, 1, 3, 1, 9, 2, 7)]
-    batches = ev.plan_batches(items, 3)
-    assert batches == [[1, 3, 5], [2, 0, 6], [4]]
+def test_plan_batches_cuts_by_padded_token_count_whatever_the_process_count():
+    lengths = [50, 10, 30, 10, 90, 20, 70]
+    # sorted by length: 10 (1), 10 (3), 20 (5), 30 (2), 50 (0), 70 (6), 90 (4); 10 new tokens each
+    assert items_module.plan_batches(lengths, max_rows=3, max_tokens=10_000, new_tokens=10) == [[1, 3, 5], [2, 0, 6], [4]]
+    # 3 rows of (20 + 10) fit in 100 tokens, a 4th of (30 + 10) would make 160; an item over the budget runs alone
+    batches = items_module.plan_batches(lengths, max_rows=8, max_tokens=100, new_tokens=10)
+    assert batches == [[1, 3, 5], [2], [0], [6], [4]]
+    for batch in batches:
+        assert len(batch) == 1 or len(batch) * (max(lengths[i] for i in batch) + 10) <= 100
+
+
+def test_prompt_lengths_count_image_tokens(tiny):
+    _, processor = tiny
+    evaluator = Evaluator.from_recipe(small_recipe(), processor)
+    for item, length in zip(evaluator.items, evaluator.lengths):
+        images = items_module.item_images(item)
+        encoded = processor(text=[item["_text"]], images=[images], return_tensors="pt")
+        assert length == encoded["input_ids"].shape[1]
 
 
 # ------------------------------------------------------------------ one evaluation on the tiny model
@@ -137,7 +155,7 @@ def test_plan_batches_is_independent_of_processes():
 def test_evaluator_schema_records_and_mode_restored(tiny, tmp_path):
     model, processor = tiny
     model.train()
-    evaluator = ev.Evaluator.from_recipe(small_recipe(), processor)
+    evaluator = Evaluator.from_recipe(small_recipe(), processor)
     result = evaluator.run(model, step=7)
     assert model.training  # train mode restored
     assert len(result.trace) == 2 and {r["condition"] for r in result.trace} == set(CONDS)
@@ -151,25 +169,25 @@ def test_evaluator_schema_records_and_mode_restored(tiny, tmp_path):
     assert {(r["dataset"], r["condition"]) for r in result.signals} == {("shapes", c) for c in CONDS}
     assert [r["condition"] for r in result.auroc] == ["wrong_think"]
 
-    ev.write_result(tmp_path, result)
-    ev.write_result(tmp_path, result)  # a second write of the same step adds no row
-    assert len(ev.read_jsonl(tmp_path / "trace.jsonl")) == 2
-    assert len(ev.read_jsonl(ev.records_path(tmp_path, 7))) == 8
-    assert len(ev.read_jsonl(tmp_path / "signals.jsonl")) == 2
-    assert ev.todo(tmp_path, 7, evaluator.keys()) == set()
-    assert ev.todo(tmp_path, 8, evaluator.keys()) == evaluator.keys()
+    trace.write_result(tmp_path, result)
+    trace.write_result(tmp_path, result)  # a second write of the same step adds no row
+    assert len(trace.read_jsonl(tmp_path / "trace.jsonl")) == 2
+    assert len(trace.read_jsonl(trace.records_path(tmp_path, 7))) == 8
+    assert len(trace.read_jsonl(tmp_path / "signals.jsonl")) == 2
+    assert trace.todo(tmp_path, 7, evaluator.keys()) == set()
+    assert trace.todo(tmp_path, 8, evaluator.keys()) == evaluator.keys()
 
 
 def test_sharded_run_equals_one_process(tiny, monkeypatch):
     """Two simulated processes: equal numbers of forward passes, gathered outputs identical to one process."""
     model, processor = tiny
     recipe = small_recipe(batch_size=3)  # 8 items -> 3 batches -> 2 per process (one padded)
-    evaluator = ev.Evaluator.from_recipe(recipe, processor)
+    evaluator = Evaluator.from_recipe(recipe, processor)
     items = evaluator.items
-    single = evaluator._forward(model, items)
+    single = evaluator._forward(model, list(range(len(items))))
 
     calls = {0: 0, 1: 0}
-    real_run_batch = ev.run_batch
+    real_generate = evaluator_module.generate_transformers
     shards = {}
 
     class Gathered(Exception):
@@ -182,15 +200,15 @@ def test_sharded_run_equals_one_process(tiny, monkeypatch):
         return shards[0] + shards[1]
 
     def run(rank):
-        monkeypatch.setattr(ev, "_state", lambda: types.SimpleNamespace(num_processes=2, process_index=rank, is_main_process=rank == 0))
+        monkeypatch.setattr(evaluator_module, "process_state", lambda: types.SimpleNamespace(num_processes=2, process_index=rank, is_main_process=rank == 0))
 
         def counting(*a, **k):
             calls[rank] += 1
-            return real_run_batch(*a, **k)
+            return real_generate(*a, **k)
 
-        monkeypatch.setattr(ev, "run_batch", counting)
-        monkeypatch.setattr(ev, "_all_gather", lambda obj: gather(rank, obj))
-        return evaluator._forward(model, items)
+        monkeypatch.setattr(evaluator_module, "generate_transformers", counting)
+        monkeypatch.setattr(evaluator_module, "all_gather", lambda obj: gather(rank, obj))
+        return evaluator._forward(model, list(range(len(items))))
 
     with pytest.raises(Gathered):
         run(1)
@@ -228,16 +246,16 @@ def test_callback_error_is_logged_or_stops(tiny, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("simulated evaluator failure")
 
-    monkeypatch.setattr(ev, "run_batch", boom)
+    monkeypatch.setattr(evaluator_module, "generate_transformers", boom)
     recipe = small_recipe()
     cb = EvalCallback(recipe, run_dir=tmp_path / "log")
     _drive(cb, model, processor)  # default on_error: log -> no exception
     assert "simulated evaluator failure" in cb.history[-1]["error"]
     assert not (tmp_path / "log" / "eval" / "trace.jsonl").exists()
-    assert ev.read_jsonl(tmp_path / "log" / "eval" / "errors.jsonl")[0]["step"] == 0
+    assert trace.read_jsonl(tmp_path / "log" / "eval" / "errors.jsonl")[0]["step"] == 0
 
     cb = EvalCallback(small_recipe(on_error="stop"), run_dir=tmp_path / "stop")
-    with pytest.raises(ev.EvaluationError, match="simulated evaluator failure"):
+    with pytest.raises(EvaluationError, match="simulated evaluator failure"):
         _drive(cb, model, processor)
 
 
@@ -256,7 +274,7 @@ def test_callback_skips_evaluated_steps_and_logs_wandb_table(tiny, tmp_path, mon
     cb = EvalCallback(small_recipe(n_samples_table=2), run_dir=tmp_path)
     _drive(cb, model, processor, step=0)
     _drive(cb, model, processor, step=0)  # already in the trace: skipped
-    rows = ev.read_jsonl(tmp_path / "eval" / "trace.jsonl")
+    rows = trace.read_jsonl(tmp_path / "eval" / "trace.jsonl")
     assert len(rows) == 2 and len(cb.history) == 1
     (payload,) = logged
     assert payload["train/global_step"] == 0
@@ -298,15 +316,15 @@ def trained_run(tiny_model_path, tmp_path_factory):
 
 def test_callback_fires_at_step0_and_each_save(trained_run):
     eval_dir = trained_run["dir"] / "eval"
-    rows = ev.read_jsonl(eval_dir / "trace.jsonl")
+    rows = trace.read_jsonl(eval_dir / "trace.jsonl")
     assert sorted({r["step"] for r in rows}) == [0, 1, 2]
     assert len(rows) == 3 * len(CONDS)
     assert len({(r["step"], r["dataset"], r["condition"]) for r in rows}) == len(rows)
     check_trace_rows(rows, n=8)
     for step in (0, 1, 2):
-        assert len(ev.read_jsonl(ev.records_path(eval_dir, step))) == 8 * len(CONDS)
+        assert len(trace.read_jsonl(trace.records_path(eval_dir, step))) == 8 * len(CONDS)
     # the evaluated model is the one being trained: the option distributions move between step 0 and 2
-    probs = {s: [r["option_probs"] for r in ev.read_jsonl(ev.records_path(eval_dir, s))] for s in (0, 2)}
+    probs = {s: [r["option_probs"] for r in trace.read_jsonl(trace.records_path(eval_dir, s))] for s in (0, 2)}
     assert probs[0] != probs[2]
     # loggers got eval/<dataset>/<condition>/<metric> (as eval_..., which HF integrations rename) at each step
     eval_logs = {step: logs for step, logs in trained_run["logs"] if any(k.startswith("eval_") for k in logs)}
@@ -322,14 +340,14 @@ def test_resume_never_duplicates_or_drops(trained_run, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(trained_run["dir"], run)
-    trace = run / "eval" / "trace.jsonl"
-    original = ev.read_jsonl(trace)
+    trace_file = run / "eval" / "trace.jsonl"
+    original = trace.read_jsonl(trace_file)
     # a crash after checkpoint-2 was saved but before its evaluation was written
-    ev.replace_jsonl(trace, [r for r in original if r["step"] != 2])
+    trace.replace_jsonl(trace_file, [r for r in original if r["step"] != 2])
     raw = raw_recipe(run, trained_run["tmp"], max_steps=3)
     trainer = build_trainer(build_recipe(raw), progress=False, resume_from=str(run / "checkpoint-2"))
     trainer.train(resume_from_checkpoint=str(run / "checkpoint-2"))
-    rows = ev.read_jsonl(trace)
+    rows = trace.read_jsonl(trace_file)
     keys = [(r["step"], r["dataset"], r["condition"]) for r in rows]
     assert len(keys) == len(set(keys))
     assert sorted({r["step"] for r in rows}) == [0, 1, 2, 3]
@@ -349,18 +367,18 @@ def test_cli_eval_of_checkpoint_reproduces_training_rows(trained_run, tmp_path):
     out = tmp_path / "out"
     ckpt = trained_run["dir"] / "checkpoint-2"
     assert main(["eval", str(ckpt), "--recipe", str(recipe_path), "--out", str(out), "--quiet"]) == 0
-    cli_rows = ev.read_jsonl(out / "trace.jsonl")
-    train_rows = [r for r in ev.read_jsonl(trained_run["dir"] / "eval" / "trace.jsonl") if r["step"] == 2]
+    cli_rows = trace.read_jsonl(out / "trace.jsonl")
+    train_rows = [r for r in trace.read_jsonl(trained_run["dir"] / "eval" / "trace.jsonl") if r["step"] == 2]
     assert len(cli_rows) == len(train_rows) == len(CONDS)
     by_cond = {r["condition"]: r for r in train_rows}
     for r in cli_rows:
         assert r["step"] == 2  # from the checkpoint-N name
         assert same_row(r, by_cond[r["condition"]])
-    assert len(ev.read_jsonl(ev.records_path(out, 2))) == 8 * len(CONDS)
+    assert len(trace.read_jsonl(trace.records_path(out, 2))) == 8 * len(CONDS)
     # a second call finds the step done and adds nothing
     assert main(["eval", str(ckpt), "--recipe", str(recipe_path), "--out", str(out), "--quiet",
                  "--conditions", "base"]) == 0
-    assert len(ev.read_jsonl(out / "trace.jsonl")) == len(CONDS)
+    assert len(trace.read_jsonl(out / "trace.jsonl")) == len(CONDS)
     json.dumps(cli_rows)  # plain JSON types only
 
 
@@ -391,5 +409,5 @@ def test_two_processes_write_the_rows_of_one(tiny_model_path, tmp_path):
     done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "one" / "trace.jsonl").read_text() == (tmp_path / "two" / "trace.jsonl").read_text()
-    assert ev.records_path(tmp_path / "one", 0).read_text() == ev.records_path(tmp_path / "two", 0).read_text()
+    assert trace.records_path(tmp_path / "one", 0).read_text() == trace.records_path(tmp_path / "two", 0).read_text()
     assert done.stdout.count("rlvlm eval:") == 1

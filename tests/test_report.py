@@ -2,7 +2,7 @@
 
 import random
 
-from rlvlm.evaluate import append_jsonl, replace_jsonl
+from rlvlm.evaluation.trace import append_jsonl, replace_jsonl
 from rlvlm.metrics import trace_row
 from rlvlm.perturb import CONDITIONS
 from rlvlm.report import make_report

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlvlm.evaluate import read_jsonl, replace_jsonl
+from rlvlm.evaluation.trace import read_jsonl, replace_jsonl
 from rlvlm.metrics import trace_row
 from rlvlm.recipe import RecipeError
 from rlvlm.sweep import METRICS, expand, load_sweep, plan, prepare, set_aside

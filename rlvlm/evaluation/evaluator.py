@@ -1,0 +1,128 @@
+"""`Evaluator`: the prompts of one run's evaluation, built once, run on a model at a step.
+
+One evaluation: the items' batches are planned globally by token count and dealt round-robin to the
+processes (every process runs the same number of forward passes); each batch is generated greedily
+(transformers `generate`, or the process's whole share in one call to a vLLM engine) and read once
+teacher-forced for the option probabilities; results are gathered and only the main process scores
+them, so the rows equal those of a one-process run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+from rlvlm.evaluation.distributed import all_gather, broadcast, process_state
+from rlvlm.evaluation.generation import EvaluationError, generate_transformers, option_probabilities
+from rlvlm.evaluation.items import load_eval_sets, plan_batches, prepare_items, prompt_lengths, resolve_conditions
+from rlvlm.evaluation.results import EvalResult, aggregate
+from rlvlm.evaluation.scoring import load_scorer, score
+
+log = logging.getLogger("rlvlm.evaluation")
+
+
+class Evaluator:
+    """Prompts built once (per processor); `run(model, step)` evaluates them."""
+
+    def __init__(self, processor, eval_sets: dict[str, list[dict]], section, conditions=None):
+        from rlvlm.prefill import ensure_prefill
+
+        ensure_prefill(processor)  # *_think conditions continue an open <think>
+        self.processor = processor
+        self.section = section
+        self.conditions = resolve_conditions(conditions if conditions is not None else section.conditions)
+        self.items = prepare_items(eval_sets, self.conditions, seed=section.seed)
+        texts = processor.apply_chat_template(
+            [it["prompt"] for it in self.items], add_generation_prompt=True, tokenize=False
+        )
+        for it, text in zip(self.items, texts):
+            it["_text"] = text
+        self.lengths = prompt_lengths(processor, self.items)
+        self.datasets = list(eval_sets)
+        self.scorer = load_scorer(section)
+        self._letter_ids: dict = {}
+
+    @classmethod
+    def from_recipe(cls, recipe, processor, conditions=None) -> "Evaluator":
+        return cls(processor, load_eval_sets(recipe), recipe.evaluation, conditions)
+
+    def keys(self) -> set[tuple[str, str]]:
+        return {(it["dataset"], it["condition"]) for it in self.items}
+
+    def batches(self, indices: list[int]) -> list[list[int]]:
+        """The global batches (positions in `indices`) of those items."""
+        s = self.section
+        return plan_batches([self.lengths[i] for i in indices], s.batch_size, s.max_batch_tokens, s.max_new_tokens)
+
+    def _forward(self, model, indices: list[int], engine=None) -> list[tuple]:
+        """(completion, option probabilities) per item of `indices`, on every process. Every process
+        takes its round-robin share of the global batches (padded with repeats so that all run the same
+        number of forward passes); with an `engine`, its whole share is generated in one engine call
+        first. Results are gathered on every process."""
+        state = process_state()
+        items = [self.items[i] for i in indices]
+        batches = self.batches(indices)
+        mine = batches[state.process_index :: state.num_processes]
+        per_process = math.ceil(len(batches) / state.num_processes)
+        max_new = self.section.max_new_tokens
+        results, error = [], None
+        try:
+            generated = {}
+            if engine is not None:  # every process calls it once, even with nothing to generate
+                share = [i for batch in mine for i in batch]
+                generated = dict(zip(share, engine.generate(self.processor, [items[i] for i in share], max_new)))
+            for j in range(per_process):
+                batch = mine[j] if j < len(mine) else (mine[-1] if mine else batches[-1])
+                batch_items = [items[i] for i in batch]
+                if engine is None:
+                    completions = generate_transformers(model, self.processor, batch_items, max_new)
+                else:
+                    completions = [generated.get(i, "") for i in batch]
+                probs = option_probabilities(model, self.processor, batch_items, completions, self._letter_ids)
+                if j < len(mine):
+                    results.extend(zip(batch, zip(completions, probs)))
+        except Exception as e:  # noqa: BLE001 - reported on every process below
+            log.exception("evaluator forward pass failed on process %d", state.process_index)
+            error = f"process {state.process_index}: {type(e).__name__}: {e}"
+        gathered = all_gather([("error", error)] if error else results)
+        errors = [x[1] for x in gathered if x[0] == "error"]
+        if errors:
+            raise EvaluationError(errors[0])
+        by_index = dict(gathered)
+        return [by_index[i] for i in range(len(items))]
+
+    def run(self, model, step: int, only: set | None = None, base_records: list[dict] | None = None,
+            engine=None) -> EvalResult:
+        """Evaluate `model` (eval mode, no grad; its train/eval mode is restored) at `step`, on the
+        (dataset, condition) pairs in `only` (all when None), generating with `engine` when given (a
+        vLLM engine already holding this model's weights). Raises EvaluationError on every process."""
+        import torch
+
+        start = time.perf_counter()
+        indices = [i for i, it in enumerate(self.items) if only is None or (it["dataset"], it["condition"]) in only]
+        items = [self.items[i] for i in indices]
+        was_training = model.training
+        model.eval()
+        result, error = None, None
+        try:
+            with torch.no_grad():
+                outputs = self._forward(model, indices, engine)
+                if process_state().is_main_process:
+                    try:
+                        if hasattr(self.scorer, "bind"):  # a policy-based scorer (counterfactual) reads this model
+                            self.scorer.bind(model, self.processor, collective=False)  # main process only
+                        records = score(items, [o[0] for o in outputs], [o[1] for o in outputs], self.scorer)
+                        result = aggregate(step, records, base_records)
+                    except Exception as e:  # noqa: BLE001 - reported on every process below
+                        log.exception("evaluator scoring failed")
+                        error = f"scoring: {type(e).__name__}: {e}"
+        finally:
+            model.train(was_training)
+        error = broadcast(error)
+        if error:
+            raise EvaluationError(error)
+        if result is None:  # not the main process: it only took part in the forward passes
+            result = EvalResult(step=step)
+        result.seconds = time.perf_counter() - start
+        return result

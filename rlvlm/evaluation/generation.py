@@ -1,0 +1,205 @@
+"""The evaluator's model passes: greedy generation (transformers `generate`, or a vLLM engine) and one
+teacher-forced pass that reads the option probabilities.
+
+Option probabilities (DESIGN.md, "Metrics"): at the position where the answer letter goes (after the
+response's first `<answer>`, forced there when the model wrote none), the logits restricted to the
+single-token spellings of the option letters ("B" and " B"), renormalised, summed per letter. They
+always come from the teacher-forced pass on the transformers model, whichever engine generated: vLLM
+returns only the top-k log-probabilities of the full vocabulary, so letters outside the top k would be
+lost, and a response without `<answer>` has no such position at all.
+
+vLLM engines (`TrainerEngine`, `LocalEngine`) take token ids and images as TRL's GRPOTrainer gives them
+to vLLM: the processor's ids with the image placeholders expanded, the PIL images beside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+
+from rlvlm.evaluation.items import forced_answer_suffix, item_images
+
+
+class EvaluationError(RuntimeError):
+    """The evaluator failed (on any process); raised on every process alike."""
+
+
+def letter_token_ids(tokenizer, n_options: int) -> list[list[int]]:
+    """Per option letter, the single-token spellings of it ("B" and " B") that the tokenizer has."""
+    out = []
+    for k in range(n_options):
+        letter = chr(ord("A") + k)
+        ids = []
+        for text in (letter, " " + letter):
+            enc = tokenizer.encode(text, add_special_tokens=False)
+            if len(enc) == 1 and enc[0] not in ids:
+                ids.append(enc[0])
+        if not ids:
+            raise EvaluationError(f"the tokenizer has no single token for option letter {letter!r}")
+        out.append(ids)
+    return out
+
+
+def tokenizer_of(processor):
+    return getattr(processor, "tokenizer", processor)
+
+
+def encode(processor, texts: list[str], images: list[list]):
+    """A left-padded batch (generation continues every row from its last position)."""
+    tok = tokenizer_of(processor)
+    side = tok.padding_side
+    tok.padding_side = "left"
+    try:
+        kwargs = {"images": images} if any(images) else {}
+        return processor(text=texts, padding=True, return_tensors="pt", **kwargs)
+    finally:
+        tok.padding_side = side
+
+
+def generate_transformers(model, processor, items: list[dict], max_new_tokens: int) -> list[str]:
+    """Greedy completions of one batch with transformers' `generate`."""
+    tok = tokenizer_of(processor)
+    enc = encode(processor, [it["_text"] for it in items], [item_images(it) for it in items]).to(model.device)
+    gen = model.generate(
+        **enc,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        use_cache=True,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
+    return processor.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def option_probabilities(model, processor, items: list[dict], completions: list[str], letter_ids: dict) -> list[list[float]]:
+    """One teacher-forced forward of prompt + completion cut at the answer letter, per batch; per item
+    the probabilities of its option letters ([] for a free-form item). `letter_ids` caches
+    `letter_token_ids` by option count."""
+    import torch
+
+    tok = tokenizer_of(processor)
+    texts = [it["_text"] + forced_answer_suffix(it.get("think_prefix"), c) for it, c in zip(items, completions)]
+    enc = encode(processor, texts, [item_images(it) for it in items]).to(model.device)
+    logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
+    out = []
+    for row, it in zip(logits, items):
+        n = len(it.get("options") or [])
+        if n == 0:
+            out.append([])
+            continue
+        if n not in letter_ids:
+            letter_ids[n] = letter_token_ids(tok, n)
+        groups = letter_ids[n]
+        p = torch.softmax(row[[i for g in groups for i in g]], dim=-1).tolist()
+        probs, k = [], 0
+        for g in groups:
+            probs.append(float(sum(p[k : k + len(g)])))
+            k += len(g)
+        out.append(probs)
+    return out
+
+
+# ============================================================================ vLLM
+
+
+def vllm_inputs(processor, items: list[dict]) -> tuple[list[list[int]], list[list] | None]:
+    """Prompt token ids (image placeholders expanded, no padding) and images per item, as TRL hands
+    prompts to vLLM."""
+    images = [item_images(it) for it in items]
+    kwargs = {"images": images} if any(images) else {}
+    ids = processor(text=[it["_text"] for it in items], **kwargs)["input_ids"]
+    return [[int(t) for t in row] for row in ids], (images if any(images) else None)
+
+
+@contextlib.contextmanager
+def greedy(vllm_generation, max_tokens: int):
+    """TRL's VLLMGeneration reads its sampling settings from attributes fixed when the trainer built it
+    (the recipe's temperature, top_p, ..., max_completion_length) and has no per-call override.
+    Evaluation decodes greedily, to its own length, through the same engine, so those attributes are
+    set for the call and restored after it, whatever happens."""
+    settings = {
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "top_k": 0,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "max_completion_length": max_tokens,
+        "logprobs": 0,
+        "structured_outputs_regex": None,
+        "generation_kwargs": {},
+    }
+    saved = {k: getattr(vllm_generation, k) for k in settings}
+    try:
+        for k, v in settings.items():
+            setattr(vllm_generation, k, v)
+        yield vllm_generation
+    finally:
+        for k, v in saved.items():
+            setattr(vllm_generation, k, v)
+
+
+class TrainerEngine:
+    """The GRPO trainer's own vLLM engine (TRL's `trainer.vllm_generation`, colocated or a server
+    client). `sync` pushes the trainer's current weights to it (a collective: every process calls it);
+    `generate` is one greedy call per process with that process's whole share (vLLM batches
+    continuously; in server mode TRL gathers every process's prompts and the main process asks)."""
+
+    name = "vllm (the trainer's engine)"
+
+    def __init__(self, vllm_generation):
+        self.vllm_generation = vllm_generation
+
+    def sync(self) -> None:
+        self.vllm_generation.sync_weights()
+
+    def generate(self, processor, items: list[dict], max_new_tokens: int) -> list[str]:
+        ids, images = vllm_inputs(processor, items)
+        with greedy(self.vllm_generation, max_new_tokens) as engine:
+            _, completion_ids, _, _ = engine.generate(prompts=ids, images=images, num_generations=1)
+        return processor.batch_decode(completion_ids, skip_special_tokens=True)
+
+
+class LocalEngine:
+    """A vLLM engine of its own on one checkpoint (the follower): `vllm.LLM` with the recipe's tensor
+    parallelism, greedy `SamplingParams`. `close` frees it before the next checkpoint's engine."""
+
+    name = "vllm"
+
+    def __init__(self, model_dir: str, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.5,
+                 max_model_len: int | None = None):
+        import vllm
+
+        self.llm = vllm.LLM(
+            model=str(model_dir),
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+        )
+
+    def sync(self) -> None:  # the engine was built on the checkpoint itself
+        pass
+
+    def generate(self, processor, items: list[dict], max_new_tokens: int) -> list[str]:
+        from vllm import SamplingParams
+
+        ids, images = vllm_inputs(processor, items)
+        prompts = []
+        for i, prompt_ids in enumerate(ids):
+            row = {"prompt_token_ids": prompt_ids}
+            if images is not None and images[i]:
+                row["multi_modal_data"] = {"image": images[i] if len(images[i]) > 1 else images[i][0]}
+            prompts.append(row)
+        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        outputs = self.llm.generate(prompts, sampling_params=params, use_tqdm=False)
+        return processor.batch_decode([list(o.outputs[0].token_ids) for o in outputs], skip_special_tokens=True)
+
+    def close(self) -> None:
+        self.llm = None
+        gc.collect()
+        with contextlib.suppress(Exception):
+            import torch
+
+            torch.cuda.empty_cache()

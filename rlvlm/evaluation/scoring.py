@@ -1,0 +1,64 @@
+"""Per-example scoring: accuracy with the accuracy reward, consistency with the recipe's faithfulness
+scorer, the answer letter's probabilities, into one record per (item, response)."""
+
+from __future__ import annotations
+
+from rlvlm.evaluation.items import own_think
+
+
+def load_scorer(section):
+    """The consistency scorer named by `evaluation.faithfulness` (rule | judge | counterfactual | a
+    registered reward | module:function), a function with the faithfulness scorers' interface."""
+    from rlvlm.composition import resolve
+
+    return resolve(section.faithfulness, section.faithfulness_kwargs)[1]
+
+
+def score(items: list[dict], completions: list[str], probs: list[list[float]], scorer=None) -> list[dict]:
+    """Per-example records: response, parsed think/answer, correct, consistent, option probabilities."""
+    from rewards.accuracy import accuracy_reward
+    from rewards.parsing import LETTERS, is_well_formatted, resolve_gold, resolve_option, split_response
+    from rlvlm.metrics import option_entropy
+
+    if scorer is None:
+        from rewards.faithfulness import consistency_reward as scorer
+    options = [it.get("options") or None for it in items]
+    prefixes = [it.get("think_prefix") for it in items]
+    correct = accuracy_reward(completions, [it["answer"] for it in items], options=options, think_prefix=prefixes)
+    consistent = scorer(
+        completions,
+        options=options,
+        think_prefix=prefixes,
+        prompts=[it["prompt"] for it in items],
+        answer=[it["answer"] for it in items],
+        image=[it.get("image") for it in items],
+        images=[it.get("images") for it in items],
+    )
+    records = []
+    for it, c, ok, cons, p, opts, prefix in zip(items, completions, correct, consistent, probs, options, prefixes):
+        response = (prefix or "") + c
+        think, answer = split_response(response)
+        gold = resolve_gold(it["answer"], opts) if opts else None
+        pred = resolve_option(answer, opts) if opts else None
+        records.append(
+            {
+                "dataset": it["dataset"],
+                "condition": it.get("condition", "base"),
+                "id": it["id"],
+                "target": it.get("target"),
+                "gold": LETTERS[gold] if gold is not None else it["answer"],
+                "response": response,
+                "think": think,
+                "answer": answer,
+                "pred": LETTERS[pred] if pred is not None else None,
+                "correct": bool(ok),
+                "consistent": bool(cons),
+                "judged": cons is not None,
+                "format": is_well_formatted(response),
+                "option_probs": p,
+                "p_correct": float(p[gold]) if p and gold is not None and gold < len(p) else 0.0,
+                "option_entropy": option_entropy(p) if p else None,
+                "own_think": own_think(prefix, think),
+            }
+        )
+    return records
