@@ -97,15 +97,16 @@ def evaluate_model(args, overrides: dict) -> int:
 
 
 def plan_cli(args, overrides: dict) -> int:
-    from rlvlm.data.load import check_dataset
+    from rlvlm.data.load import known_datasets
     from rlvlm.evaluation.plan import plan
     from rlvlm.recipe import RecipeError, load_recipe
 
     if args.tokens_per_s is not None and args.tokens_per_s <= 0:
         raise RecipeError(f"--tokens_per_s must be positive, got {args.tokens_per_s}.")
     recipe = load_recipe(args.plan, overrides)
-    for spec in recipe.data.eval:
-        check_dataset(spec)
+    for spec in recipe.data.eval:  # the names only: a plan comes before the data is fetched
+        if spec.name not in known_datasets():
+            raise RecipeError(f"Unknown dataset '{spec.name}'. Known: {known_datasets()}.")
     print(json.dumps(plan(recipe, args.tokens_per_s, args.tokens_per_generation), indent=1))
     return 0
 

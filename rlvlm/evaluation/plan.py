@@ -15,6 +15,18 @@ def evaluated_steps(max_steps: int, save_steps: int, every: int, at_start: bool)
     return ([0] if at_start else []) + [s for s in saves if is_evaluated(s, save_steps, every, max_steps)]
 
 
+def grpo_setting(recipe, key: str):
+    """A GRPOConfig value of the recipe, or GRPOConfig's default, without building the config (which
+    checks the machine: a bf16 recipe cannot be built on a CPU, and a plan is made anywhere)."""
+    import dataclasses
+
+    from trl import GRPOConfig
+
+    if key in recipe.grpo:
+        return recipe.grpo[key]
+    return next(f.default for f in dataclasses.fields(GRPOConfig) if f.name == key)
+
+
 def plan(recipe, tokens_per_s: float | None = None, tokens_per_generation: float | None = None) -> dict:
     """One JSON-ready object: per dataset its items (the sample size `n`: at most that many, fewer
     when the set is smaller), conditions and generations; `generations_per_checkpoint`; the evaluated
@@ -27,8 +39,9 @@ def plan(recipe, tokens_per_s: float | None = None, tokens_per_generation: float
         for label, spec in zip(dataset_labels(recipe.data.eval), recipe.data.eval)
     }
     per_checkpoint = sum(d["generations"] for d in datasets.values())
-    config = recipe.grpo_config()
-    save_steps = config.save_steps if config.save_steps >= 1 else math.ceil(config.max_steps * config.save_steps)
+    max_steps, save_steps, save_strategy = (grpo_setting(recipe, k) for k in ("max_steps", "save_steps", "save_strategy"))
+    if save_steps < 1:  # a ratio of max_steps, as TrainingArguments reads it
+        save_steps = math.ceil(max_steps * save_steps)
     out = {
         "recipe": recipe.name,
         "mode": section.mode,
@@ -38,8 +51,8 @@ def plan(recipe, tokens_per_s: float | None = None, tokens_per_generation: float
         "max_new_tokens": section.max_new_tokens,
         "every": section.every,
     }
-    if config.max_steps > 0 and config.save_strategy == "steps":
-        steps = evaluated_steps(config.max_steps, int(save_steps), section.every, section.at_start)
+    if max_steps > 0 and save_strategy == "steps":
+        steps = evaluated_steps(max_steps, int(save_steps), section.every, section.at_start)
         out.update(evaluated_steps=steps, checkpoints_evaluated=len(steps), generations_per_run=per_checkpoint * len(steps))
     else:
         out.update(evaluated_steps=None, checkpoints_evaluated=None, generations_per_run=None,
