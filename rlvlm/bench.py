@@ -446,6 +446,28 @@ class GpuSettings:
     timed_steps: int = 3
     lora: bool = True  # a 7B model with full-parameter AdamW does not fit one GPU beside vLLM
     vllm_gpu_memory_utilization: float = 0.3
+    eval_items: int = 64  # the evaluator's throughput: greedy responses to this many shapes questions
+    eval_batch_size: int = 16
+    eval_new_tokens: int = 256
+
+
+RECIPE_7B = ROOT / "recipes" / "qwen2.5-vl-7b" / "baseline.yaml"
+
+
+def gpu_settings_from_recipe(path: Path = RECIPE_7B, **changes) -> GpuSettings:
+    """The 7B recipe's per-device batch: each GPU generates per_device_train_batch_size x
+    gradient_accumulation_steps completions per generation round (num_generations per prompt), of up to
+    max_completion_length tokens; the evaluator runs batches of evaluation.batch_size rows of up to
+    evaluation.max_new_tokens."""
+    from rlvlm.recipe import load_recipe
+
+    recipe = load_recipe(path)
+    grpo = recipe.grpo
+    per_device = grpo["per_device_train_batch_size"] * grpo.get("gradient_accumulation_steps", 1)
+    settings = dict(num_generations=grpo["num_generations"], prompts_per_step=per_device // grpo["num_generations"],
+                    completion_length=grpo["max_completion_length"], eval_batch_size=recipe.evaluation.batch_size,
+                    eval_new_tokens=recipe.evaluation.max_new_tokens, timed_steps=2)
+    return GpuSettings(**{**settings, **changes})
 
 
 def full_vocab_processor(vocab_size: int):
@@ -547,8 +569,38 @@ def gpu_run(model_dir: Path, gs: GpuSettings, use_vllm: bool, bf16: bool, work: 
             "mean_completion_length": run["mean_completion_length"]}
 
 
+def eval_run(model_dir: Path, gs: GpuSettings, use_vllm: bool, bf16: bool) -> dict:
+    """The evaluator's generation rate on one GPU: greedy responses to `eval_items` base-condition
+    questions in batches of `eval_batch_size` (transformers) or one call (a vLLM engine on the model),
+    plus the teacher-forced pass; tokens counted from the responses."""
+    from rlvlm.data import shapes
+    from rlvlm.evaluation.cli import load_model
+    from rlvlm.evaluation.evaluator import Evaluator
+    from rlvlm.evaluation.generation import LocalEngine
+    from rlvlm.recipe import EvaluationSection
+
+    model, processor = load_model(str(model_dir), "bfloat16" if bf16 else "float32")
+    examples = shapes.generate_examples("eval", gs.eval_items, seed=0)
+    for ex in examples:
+        ex["image"] = ex["image"].resize((gs.image_size, gs.image_size))
+    section = EvaluationSection(conditions=["base"], max_new_tokens=gs.eval_new_tokens, batch_size=gs.eval_batch_size,
+                                max_batch_tokens=10**9)
+    evaluator = Evaluator(processor, {"shapes": examples}, section)
+    engine = LocalEngine(str(model_dir), gpu_memory_utilization=gs.vllm_gpu_memory_utilization) if use_vllm else None
+    try:
+        result = evaluator.run(model, step=0, engine=engine)
+    finally:
+        if engine is not None:
+            engine.close()
+    tok = processor.tokenizer
+    tokens = sum(len(tok(r["response"], add_special_tokens=False)["input_ids"]) for r in result.records)
+    return {"tokens_per_s_per_gpu": tokens / result.seconds, "seconds": result.seconds, "responses": len(result.records),
+            "mean_response_tokens": tokens / len(result.records), "batch_size": gs.eval_batch_size}
+
+
 def gpu_throughput(gs: GpuSettings = GpuSettings(), device: str | None = None) -> dict:
-    """GRPO throughput for each size, with transformers generation and (CUDA, vllm importable) vLLM colocate."""
+    """GRPO throughput for each size, with transformers generation and (CUDA, vllm importable) vLLM colocate,
+    and the evaluator's, with transformers and (likewise) a vLLM engine of its own."""
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -566,6 +618,15 @@ def gpu_throughput(gs: GpuSettings = GpuSettings(), device: str | None = None) -
                 gc.collect()
                 if bf16:
                     torch.cuda.empty_cache()
+            out.setdefault("evaluation", {})[name] = {}
+            for b in backends:
+                engine = "vllm" if b == "vllm_colocate" else "transformers"
+                out["evaluation"][name][engine] = eval_run(model_dir, gs, engine == "vllm", bf16)
+                gc.collect()
+                if bf16:
+                    torch.cuda.empty_cache()
+            if "vllm_colocate" not in backends:
+                out["evaluation"][name]["vllm"] = None
         if "vllm_colocate" not in backends:
             out["sizes"][name]["vllm_colocate"] = None
     out["vllm_skipped"] = None if "vllm_colocate" in backends else "vllm does not import" if device == "cuda" else "no CUDA device"
@@ -618,6 +679,10 @@ def gpu_table(gpu: dict) -> str:
         for backend, m in backends.items():
             tps, sec = (f"{m['tokens_per_s_per_gpu']:,.0f}", f"{m['step_seconds']:.2f}") if m else ("-", "-")
             lines.append(f"{name:16} {backend:15} {tps:>12} {sec:>8}")
+    for name, engines in gpu.get("evaluation", {}).items():
+        for engine, m in engines.items():
+            tps, sec = (f"{m['tokens_per_s_per_gpu']:,.0f}", f"{m['seconds']:.2f}") if m else ("-", "-")
+            lines.append(f"{name:16} {'eval/' + engine:15} {tps:>12} {sec:>8}")
     if gpu["vllm_skipped"]:
         lines.append(f"vllm_colocate skipped: {gpu['vllm_skipped']}")
     return "\n".join(lines)
@@ -652,7 +717,7 @@ def run_bench(settings: Settings, gpu: GpuSettings | None = GpuSettings()) -> di
 
 
 def bench_cli(args) -> int:
-    gpu = GpuSettings(timed_steps=1, completion_length=64) if args.quick else GpuSettings()
+    gpu = GpuSettings(timed_steps=1, completion_length=64, eval_new_tokens=64) if args.quick else gpu_settings_from_recipe()
     report = run_gpu_only(gpu) if args.gpu_only else run_bench(QUICK if args.quick else FULL, gpu)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -149,21 +149,32 @@ def test_padded_tokenizer_decodes_every_model_id(tiny_model_path):
 
 def test_gpu_throughput_path_on_cpu(tiny_model_path):
     gs = bench.GpuSettings(sizes=TINY_SIZE, image_size=112, completion_length=8, num_generations=4,
-                           warmup_steps=1, timed_steps=1, lora=False)
+                           warmup_steps=1, timed_steps=1, lora=False, eval_items=4, eval_batch_size=2, eval_new_tokens=6)
     out = bench.gpu_throughput(gs, device="cpu")
     run = out["sizes"]["tiny"]["transformers"]
     assert run["mean_completion_length"] == 8  # min_new_tokens holds every completion at the fixed length
     assert run["generated_tokens_per_step"] == 4 * 8
     assert positive_finite(run["tokens_per_s_per_gpu"])
     assert out["sizes"]["tiny"]["vllm_colocate"] is None and out["vllm_skipped"] == "no CUDA device"
+    evaluation = out["evaluation"]["tiny"]["transformers"]
+    assert evaluation["responses"] == 4 and 0 < evaluation["mean_response_tokens"] <= 6
+    assert positive_finite(evaluation["tokens_per_s_per_gpu"]) and out["evaluation"]["tiny"]["vllm"] is None
     rows = bench.gpu_table(out).splitlines()
     assert rows[1].split()[:2] == ["tiny", "transformers"] and rows[2].split()[-2:] == ["-", "-"]
+    assert rows[3].split()[:2] == ["tiny", "eval/transformers"] and rows[4].split()[-2:] == ["-", "-"]
     assert rows[-1] == "vllm_colocate skipped: no CUDA device"
 
 
 def test_gpu_only_without_a_gpu_exits_2():
     r = subprocess.run([sys.executable, "-m", "rlvlm", "bench", "--gpu-only"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "no CUDA device" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_gpu_settings_take_the_7b_recipes_per_device_batch():
+    gs = bench.gpu_settings_from_recipe()
+    # 8 completions per device x 4 accumulation steps per generation round = 4 prompts x 8 rollouts
+    assert (gs.prompts_per_step, gs.num_generations, gs.completion_length) == (4, 8, 1024)
+    assert (gs.eval_batch_size, gs.eval_new_tokens) == (16, 1024)
 
 
 def test_qwen_sizes_are_the_published_configs():
