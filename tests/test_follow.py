@@ -332,3 +332,46 @@ def test_follower_evaluates_checkpoints_as_they_appear_and_logs_to_the_run(tmp_p
     assert init_kwargs["settings"].kwargs["mode"] == "shared" and init_kwargs["settings"].kwargs["x_primary"] is False
     assert [p["train/global_step"] for p in logged] == [0, 4, 6]
     assert all("eval/shapes/base/accuracy" in p for p in logged)
+
+
+def test_engine_shares_have_equal_length_on_every_process(tiny, monkeypatch):
+    """TRL's server mode and colocated tensor parallelism slice the gathered prompts equally, so each
+    process hands the engine a share of the same length (padded with repeats, dropped afterwards)."""
+    from rlvlm.evaluation import evaluator as evaluator_module
+    from rlvlm.evaluation.generation import generate_transformers
+
+    model, processor = tiny
+    recipe = build_recipe({"data": {"eval": [{"name": "shapes", "split": "eval", "n": 5}]},
+                           "evaluation": {"conditions": CONDS, "max_new_tokens": 3, "batch_size": 4}})
+    evaluator = Evaluator.from_recipe(recipe, processor)  # 10 items -> batches of 4, 4, 2: shares 6 and 4
+    calls, shards = {}, {}
+
+    class RecordingEngine:
+        def __init__(self, rank):
+            self.rank = rank
+
+        def generate(self, processor_, items, max_new_tokens):
+            calls[self.rank] = [it["id"] + it["condition"] for it in items]
+            return generate_transformers(model, processor_, items, max_new_tokens)
+
+    class Gathered(Exception):
+        pass
+
+    def gather(rank, obj):
+        shards[rank] = obj
+        if rank == 1:
+            raise Gathered
+        return shards[0] + shards[1]
+
+    def run(rank):
+        monkeypatch.setattr(evaluator_module, "process_state",
+                            lambda: types.SimpleNamespace(num_processes=2, process_index=rank, is_main_process=rank == 0))
+        monkeypatch.setattr(evaluator_module, "all_gather", lambda obj: gather(rank, obj))
+        return evaluator._forward(model, list(range(len(evaluator.items))), RecordingEngine(rank))
+
+    with pytest.raises(Gathered):
+        run(1)
+    outputs = run(0)
+    assert len(calls[0]) == len(calls[1]) == 6
+    assert len(set(calls[1])) == 4  # its 4 items, then 2 repeats
+    assert len(outputs) == len(evaluator.items) and all(isinstance(o[0], str) and len(o[1]) == 4 for o in outputs)

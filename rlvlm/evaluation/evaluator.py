@@ -69,9 +69,14 @@ class Evaluator:
         results, error = [], None
         try:
             generated = {}
-            if engine is not None:  # every process calls it once, even with nothing to generate
+            if engine is not None and items:
+                # Every process calls the engine once, with a share of the same length: TRL's server mode
+                # and colocated tensor parallelism gather the processes' prompts and hand back equal slices.
                 share = [i for batch in mine for i in batch]
-                generated = dict(zip(share, engine.generate(self.processor, [items[i] for i in share], max_new)))
+                longest = max(sum(map(len, batches[r :: state.num_processes])) for r in range(state.num_processes))
+                padded = share + [share[-1] if share else 0] * (longest - len(share))
+                completions = engine.generate(self.processor, [items[i] for i in padded], max_new)
+                generated = dict(zip(share, completions[: len(share)]))
             for j in range(per_process):
                 batch = mine[j] if j < len(mine) else (mine[-1] if mine else batches[-1])
                 batch_items = [items[i] for i in batch]
