@@ -178,6 +178,41 @@ def test_evaluator_schema_records_and_mode_restored(tiny, tmp_path):
     assert trace.todo(tmp_path, 8, evaluator.keys()) == evaluator.keys()
 
 
+def test_letter_probabilities_read_from_the_generation_equal_the_teacher_forced_pass(tiny):
+    """Where the response writes its own <answer>, the probabilities come from the generation's raw
+    logits at that step (before logits processors); they equal the teacher-forced pass's."""
+    from rlvlm.evaluation.generation import generate_transformers, option_probabilities
+
+    model, processor = tiny
+    evaluator = Evaluator.from_recipe(small_recipe(), processor)
+    answer = processor.tokenizer.encode("<answer>", add_special_tokens=False)
+    # an untrained model writes no <answer>: a sequence bias (a logits processor) makes it write it first
+    model.generation_config.sequence_bias = {tuple(answer[: k + 1]): 100.0 for k in range(len(answer))}
+    try:
+        completions, probs = generate_transformers(model, processor, evaluator.items, 4, {})
+    finally:
+        model.generation_config.sequence_bias = None
+    assert all(c.startswith("<answer>") for c in completions)
+    assert all(p is not None and len(p) == 4 for p in probs)
+    forced = option_probabilities(model, processor, evaluator.items, completions, {})
+    for read, teacher in zip(probs, forced):
+        assert read == pytest.approx(teacher, abs=1e-4)
+    # without <answer> in the response there is no such step: left to the teacher-forced pass
+    completions, probs = generate_transformers(model, processor, evaluator.items, 4, {})
+    assert all(p is None for c, p in zip(completions, probs) if "<answer>" not in c)
+
+
+def test_answer_step_finds_the_token_boundary(tiny):
+    from rlvlm.evaluation.generation import answer_step
+
+    tok = tiny[1].tokenizer
+    ids = tok.encode("<think>x</think><answer>B</answer>", add_special_tokens=False)
+    j = answer_step(tok, ids, "<think>x</think><answer>")
+    assert tok.decode(ids[:j]) == "<think>x</think><answer>" and tok.decode(ids[j:j + 1]) == "B"
+    assert answer_step(tok, ids, "<think>x</think>nothing<answer>") is None
+    assert answer_step(tok, ids[:j], "<think>x</think><answer>") is None  # cut before the letter
+
+
 def test_sharded_run_equals_one_process(tiny, monkeypatch):
     """Two simulated processes: equal numbers of forward passes, gathered outputs identical to one process."""
     model, processor = tiny

@@ -352,7 +352,7 @@ def test_engine_shares_have_equal_length_on_every_process(tiny, monkeypatch):
 
         def generate(self, processor_, items, max_new_tokens):
             calls[self.rank] = [it["id"] + it["condition"] for it in items]
-            return generate_transformers(model, processor_, items, max_new_tokens)
+            return generate_transformers(model, processor_, items, max_new_tokens)[0]
 
     class Gathered(Exception):
         pass

@@ -2,8 +2,9 @@
 
 One evaluation: the items' batches are planned globally by token count and dealt round-robin to the
 processes (every process runs the same number of forward passes); each batch is generated greedily
-(transformers `generate`, or the process's whole share in one call to a vLLM engine) and read once
-teacher-forced for the option probabilities; results are gathered and only the main process scores
+(transformers `generate`, or the process's whole share in one call to a vLLM engine); the option
+probabilities are read from the generation where the response wrote its own `<answer>` (transformers)
+and from one teacher-forced pass otherwise; results are gathered and only the main process scores
 them, so the rows equal those of a one-process run.
 """
 
@@ -81,10 +82,18 @@ class Evaluator:
                 batch = mine[j] if j < len(mine) else (mine[-1] if mine else batches[-1])
                 batch_items = [items[i] for i in batch]
                 if engine is None:
-                    completions = generate_transformers(model, self.processor, batch_items, max_new)
+                    completions, probs = generate_transformers(model, self.processor, batch_items, max_new, self._letter_ids)
                 else:
-                    completions = [generated.get(i, "") for i in batch]
-                probs = option_probabilities(model, self.processor, batch_items, completions, self._letter_ids)
+                    completions, probs = [generated.get(i, "") for i in batch], [None] * len(batch)
+                # The teacher-forced pass reads the rows whose generation did not give their letter's
+                # probabilities. Every process runs it once per batch (on one row when none needs it):
+                # under ZeRO-3 a forward pass is a collective.
+                rows = [k for k, p in enumerate(probs) if p is None]
+                if rows or state.num_processes > 1:
+                    forced = option_probabilities(model, self.processor, [batch_items[k] for k in rows or [0]],
+                                                  [completions[k] for k in rows or [0]], self._letter_ids)
+                    for k, p in zip(rows, forced):
+                        probs[k] = p
                 if j < len(mine):
                     results.extend(zip(batch, zip(completions, probs)))
         except Exception as e:  # noqa: BLE001 - reported on every process below

@@ -1,12 +1,13 @@
-"""The evaluator's model passes: greedy generation (transformers `generate`, or a vLLM engine) and one
-teacher-forced pass that reads the option probabilities.
+"""The evaluator's model passes: greedy generation (transformers `generate`, or a vLLM engine) and the
+option probabilities.
 
 Option probabilities (DESIGN.md, "Metrics"): at the position where the answer letter goes (after the
 response's first `<answer>`, forced there when the model wrote none), the logits restricted to the
-single-token spellings of the option letters ("B" and " B"), renormalised, summed per letter. They
-always come from the teacher-forced pass on the transformers model, whichever engine generated: vLLM
-returns only the top-k log-probabilities of the full vocabulary, so letters outside the top k would be
-lost, and a response without `<answer>` has no such position at all.
+single-token spellings of the option letters ("B" and " B"), renormalised, summed per letter. With
+transformers they are read during generation, from the raw logits of the step after the response's own
+`<answer>`; a response without one (or cut right after it), and every response a vLLM engine generated,
+gets one teacher-forced pass over prompt + response cut at that position. vLLM returns only the top-k
+log-probabilities of the full vocabulary, so letters outside the top k would be lost there.
 
 vLLM engines (`TrainerEngine`, `LocalEngine`) take token ids and images as TRL's GRPOTrainer gives them
 to vLLM: the processor's ids with the image placeholders expanded, the PIL images beside them.
@@ -56,22 +57,90 @@ def encode(processor, texts: list[str], images: list[list]):
         tok.padding_side = side
 
 
-def generate_transformers(model, processor, items: list[dict], max_new_tokens: int) -> list[str]:
-    """Greedy completions of one batch with transformers' `generate`."""
+def generate_transformers(model, processor, items: list[dict], max_new_tokens: int,
+                          letter_ids: dict | None = None) -> tuple[list[str], list[list[float] | None]]:
+    """Greedy completions of one batch with transformers' `generate` and, with `letter_ids` (the
+    `letter_token_ids` cache), each item's option probabilities read from the generation itself: the raw
+    logits at the step that produced the token after the response's own `<answer>` (and `(`), taken
+    before any logits processor (a repetition penalty would bias letters the prompt holds). None where
+    the response has no such step (no `<answer>`, or cut right after it): the teacher-forced pass reads
+    those. Same model, same context, one pass instead of two."""
+    import torch
+
     tok = tokenizer_of(processor)
     enc = encode(processor, [it["_text"] for it in items], [item_images(it) for it in items]).to(model.device)
-    gen = model.generate(
-        **enc,
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        num_beams=1,
-        temperature=None,
-        top_p=None,
-        top_k=None,
-        use_cache=True,
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-    )
-    return processor.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    n_options = [len(it.get("options") or []) for it in items]
+    union = []
+    if letter_ids is not None and max(n_options, default=0) > 0:
+        n = max(n_options)
+        if n not in letter_ids:
+            letter_ids[n] = letter_token_ids(tok, n)
+        union = [i for g in letter_ids[n] for i in g]
+    steps: list = []
+    hook = None
+    if union:
+        index = torch.tensor(union, device=model.device)
+        hook = model.get_output_embeddings().register_forward_hook(
+            lambda module, args, output: steps.append(output[:, -1, index].float())
+        )
+    try:
+        gen = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            use_cache=True,
+            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        )
+    finally:
+        if hook is not None:
+            hook.remove()
+    new_ids = gen[:, enc["input_ids"].shape[1] :]
+    completions = processor.batch_decode(new_ids, skip_special_tokens=True)
+    probs: list[list[float] | None] = [None] * len(items)
+    for b, (it, completion, n) in enumerate(zip(items, completions, n_options)):
+        if not union or n == 0:
+            probs[b] = [] if n == 0 else None
+            continue
+        j = answer_step(tok, new_ids[b].tolist(), forced_answer_suffix(it.get("think_prefix"), completion))
+        if j is None or j >= len(steps):
+            continue
+        groups = letter_ids[max(n_options)][:n]
+        width = sum(len(g) for g in groups)
+        probs[b] = letter_probabilities(steps[j][b, :width], groups)
+    return completions, probs
+
+
+def answer_step(tok, generated: list[int], suffix: str) -> int | None:
+    """The generation step whose logits predict the answer letter: the j with decode(generated[:j]) equal
+    to `suffix` (the response cut where the letter goes), or None when no prefix of the generated tokens
+    spells it (the model wrote no `<answer>`, or tokenised it so that no token boundary falls there)."""
+    lo, hi = 0, len(generated)
+    while lo < hi:  # the shortest prefix whose text is at least as long as the suffix
+        mid = (lo + hi) // 2
+        if len(tok.decode(generated[:mid], skip_special_tokens=True)) >= len(suffix):
+            hi = mid
+        else:
+            lo = mid + 1
+    if lo < len(generated) and tok.decode(generated[:lo], skip_special_tokens=True) == suffix:
+        return lo
+    return None
+
+
+def letter_probabilities(logits, groups: list[list[int]]) -> list[float]:
+    """Softmax over the letters' token logits (`logits` in the order of the flattened `groups`), summed per
+    letter: the option probabilities of DESIGN.md's "Metrics"."""
+    import torch
+
+    p = torch.softmax(logits.float(), dim=-1).tolist()
+    probs, k = [], 0
+    for g in groups:
+        probs.append(float(sum(p[k : k + len(g)])))
+        k += len(g)
+    return probs
 
 
 def option_probabilities(model, processor, items: list[dict], completions: list[str], letter_ids: dict) -> list[list[float]]:
@@ -93,12 +162,7 @@ def option_probabilities(model, processor, items: list[dict], completions: list[
         if n not in letter_ids:
             letter_ids[n] = letter_token_ids(tok, n)
         groups = letter_ids[n]
-        p = torch.softmax(row[[i for g in groups for i in g]], dim=-1).tolist()
-        probs, k = [], 0
-        for g in groups:
-            probs.append(float(sum(p[k : k + len(g)])))
-            k += len(g)
-        out.append(probs)
+        out.append(letter_probabilities(row[[i for g in groups for i in g]], groups))
     return out
 
 
