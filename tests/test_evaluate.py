@@ -446,3 +446,16 @@ def test_two_processes_write_the_rows_of_one(tiny_model_path, tmp_path):
     assert (tmp_path / "one" / "trace.jsonl").read_text() == (tmp_path / "two" / "trace.jsonl").read_text()
     assert trace.records_path(tmp_path / "one", 0).read_text() == trace.records_path(tmp_path / "two", 0).read_text()
     assert done.stdout.count("rlvlm eval:") == 1
+
+
+def test_callback_evaluates_every_kth_save_and_the_last(tiny, tmp_path):
+    from transformers import TrainerControl, TrainerState
+
+    from rlvlm.callbacks import EvalCallback
+
+    model, processor = tiny
+    cb = EvalCallback(small_recipe(every=2), run_dir=tmp_path)
+    for step in (2, 4, 6, 7):  # saves every 2 steps; the run ends at 7
+        state = TrainerState(global_step=step, max_steps=7, save_steps=2)
+        cb.on_save(None, state, TrainerControl(), model=model, processing_class=processor)
+    assert sorted({r["step"] for r in trace.trace_rows(tmp_path / "eval")}) == [4, 7]
