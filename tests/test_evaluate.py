@@ -138,6 +138,9 @@ def test_plan_batches_cuts_by_padded_token_count_whatever_the_process_count():
     assert batches == [[1, 3, 5], [2], [0], [6], [4]]
     for batch in batches:
         assert len(batch) == 1 or len(batch) * (max(lengths[i] for i in batch) + 10) <= 100
+    # grouped (the evaluator groups by condition, whose responses have similar lengths), then by length
+    groups = ["b", "a", "b", "a", "a", "b", "a"]
+    assert items_module.plan_batches(lengths, max_rows=4, max_tokens=10_000, new_tokens=10, groups=groups) == [[1, 3, 6, 4], [5, 2, 0]]
 
 
 def test_prompt_lengths_count_image_tokens(tiny):

@@ -54,7 +54,8 @@ class Evaluator:
     def batches(self, indices: list[int]) -> list[list[int]]:
         """The global batches (positions in `indices`) of those items."""
         s = self.section
-        return plan_batches([self.lengths[i] for i in indices], s.batch_size, s.max_batch_tokens, s.max_new_tokens)
+        groups = [(self.items[i]["condition"], self.items[i]["dataset"]) for i in indices]
+        return plan_batches([self.lengths[i] for i in indices], s.batch_size, s.max_batch_tokens, s.max_new_tokens, groups)
 
     def _forward(self, model, indices: list[int], engine=None) -> list[tuple]:
         """(completion, option probabilities) per item of `indices`, on every process. Every process

@@ -100,11 +100,16 @@ def prompt_lengths(processor, items: list[dict]) -> list[int]:
     return lengths
 
 
-def plan_batches(lengths: list[int], max_rows: int, max_tokens: int, new_tokens: int) -> list[list[int]]:
-    """Global batches of fixed composition, whatever the process count: items sorted by prompt length
-    (then position), cut so that a batch's padded size, rows x (longest prompt + new tokens), stays
-    within `max_tokens` and its rows within `max_rows`. An item longer than the budget runs alone."""
-    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+def plan_batches(lengths: list[int], max_rows: int, max_tokens: int, new_tokens: int,
+                 groups: list | None = None) -> list[list[int]]:
+    """Global batches of fixed composition, whatever the process count: items sorted by `groups` (the
+    evaluator passes each item's condition and dataset), then prompt length, then position, and cut so
+    that a batch's padded size, rows x (longest prompt + new tokens), stays within `max_tokens` and its
+    rows within `max_rows`. An item longer than the budget runs alone. Grouping matters because a batch
+    decodes until its longest response ends, and response lengths follow the condition (a pre-filled
+    think is often closed at once; stop_think answers without reasoning)."""
+    keys = groups if groups is not None else [0] * len(lengths)
+    order = sorted(range(len(lengths)), key=lambda i: (keys[i], lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
