@@ -141,6 +141,9 @@ def test_plan_batches_cuts_by_padded_token_count_whatever_the_process_count():
     # grouped (the evaluator groups by condition, whose responses have similar lengths), then by length
     groups = ["b", "a", "b", "a", "a", "b", "a"]
     assert items_module.plan_batches(lengths, max_rows=4, max_tokens=10_000, new_tokens=10, groups=groups) == [[1, 3, 6, 4], [5, 2, 0]]
+    # a group's longest prompt followed by the next group's short ones: the batch is as wide as its longest
+    assert items_module.plan_batches([300, 20, 20], max_rows=16, max_tokens=700, new_tokens=10,
+                                     groups=["a", "b", "b"]) == [[0, 1], [2]]
 
 
 def test_prompt_lengths_count_image_tokens(tiny):

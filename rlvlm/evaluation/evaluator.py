@@ -22,6 +22,11 @@ from rlvlm.evaluation.scoring import load_scorer, score
 
 log = logging.getLogger("rlvlm.evaluation")
 
+# Prompts per vLLM call: enough for the engine's continuous batching, few enough that their processed
+# images stay small in host memory and that a server answers one call well inside the process group's
+# timeout while the other processes wait for it.
+ENGINE_CHUNK = 256
+
 
 class Evaluator:
     """Prompts built once (per processor); `run(model, step)` evaluates them."""
@@ -77,7 +82,9 @@ class Evaluator:
                 share = [i for batch in mine for i in batch]
                 longest = max(sum(map(len, batches[r :: state.num_processes])) for r in range(state.num_processes))
                 padded = share + [share[-1] if share else 0] * (longest - len(share))
-                completions = engine.generate(self.processor, [items[i] for i in padded], max_new)
+                completions = []
+                for k in range(0, longest, ENGINE_CHUNK):  # the same number of calls on every process
+                    completions += engine.generate(self.processor, [items[i] for i in padded[k : k + ENGINE_CHUNK]], max_new)
                 generated = dict(zip(share, completions[: len(share)]))
             for j in range(per_process):
                 batch = mine[j] if j < len(mine) else (mine[-1] if mine else batches[-1])

@@ -92,6 +92,7 @@ def generate_transformers(model, processor, items: list[dict], max_new_tokens: i
             temperature=None,
             top_p=None,
             top_k=None,
+            repetition_penalty=1.0,  # a model's default penalty (Qwen2.5-VL's 1.05) is not greedy, and vLLM here uses none
             use_cache=True,
             pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
         )
@@ -175,7 +176,7 @@ def vllm_inputs(processor, items: list[dict]) -> tuple[list[list[int]], list[lis
     images = [item_images(it) for it in items]
     kwargs = {"images": images} if any(images) else {}
     ids = processor(text=[it["_text"] for it in items], **kwargs)["input_ids"]
-    return [[int(t) for t in row] for row in ids], (images if any(images) else None)
+    return [[int(t) for t in row] for row in ids], ([imgs or None for imgs in images] if any(images) else None)
 
 
 @contextlib.contextmanager

@@ -112,12 +112,14 @@ def plan_batches(lengths: list[int], max_rows: int, max_tokens: int, new_tokens:
     order = sorted(range(len(lengths)), key=lambda i: (keys[i], lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
+    longest = 0
     for i in order:
-        rows = len(current) + 1
-        if current and (rows > max_rows or rows * (lengths[i] + new_tokens) > max_tokens):
+        rows, width = len(current) + 1, max(longest, lengths[i])  # a new group may start shorter
+        if current and (rows > max_rows or rows * (width + new_tokens) > max_tokens):
             batches.append(current)
-            current = []
+            current, width = [], lengths[i]
         current.append(i)
+        longest = width
     if current:
         batches.append(current)
     return batches
