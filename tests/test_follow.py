@@ -375,3 +375,32 @@ def test_engine_shares_have_equal_length_on_every_process(tiny, monkeypatch):
     assert len(calls[0]) == len(calls[1]) == 6
     assert len(set(calls[1])) == 4  # its 4 items, then 2 repeats
     assert len(outputs) == len(evaluator.items) and all(isinstance(o[0], str) and len(o[1]) == 4 for o in outputs)
+
+
+def test_a_checkpoint_deleted_before_it_is_read_is_recorded_and_skipped(tmp_path, tiny_model_path, monkeypatch):
+    """save_total_limit can delete the oldest checkpoint while the follower is behind: the follower says
+    so in eval/errors.jsonl, goes on with the next one, and does not wait for it again."""
+    import shutil
+
+    from rlvlm.evaluation import follow as follow_module
+
+    run = tmp_path / "run"
+    run.mkdir()
+    raw = raw_recipe(run, evaluation={"at_start": False})
+    (run / RESOLVED_RECIPE).write_text(yaml.safe_dump(build_recipe(raw).resolved()))
+    for step in (2, 4):
+        ckpt = run / f"checkpoint-{step}"
+        shutil.copytree(tiny_model_path, ckpt)
+        (ckpt / "trainer_state.json").write_text(json.dumps({"global_step": step, "max_steps": 4, "save_steps": 2}))
+    real_evaluate = follow_module.Follower.evaluate
+
+    def rotated(self, step, path):
+        if step == 2:  # transformers' rotation removes it between the look and the load
+            shutil.rmtree(path)
+        return real_evaluate(self, step, path)
+
+    monkeypatch.setattr(follow_module.Follower, "evaluate", rotated)
+    assert follow_module.Follower(run, progress=False).run(poll_seconds=0.1, max_wait_seconds=5) == 0
+    assert sorted({k[0] for k in rows_by_key(run / "eval")}) == [4]
+    (error,) = trace.read_jsonl(run / "eval" / "errors.jsonl")
+    assert error["step"] == 2 and "deleted" in error["error"]

@@ -127,8 +127,10 @@ class Follower:
         return resolve_model(self.recipe.model, self.recipe.warm_start, progress=self.progress)
 
     def pending(self) -> tuple[list[tuple[int, str]], bool]:
-        """(step, model) pairs still to evaluate, oldest first, and whether the run has finished."""
+        """(step, model) pairs still to evaluate, oldest first, and whether the run has finished. A step
+        recorded in errors.jsonl as deleted before it was read is not waited for again."""
         keys = self.evaluator.keys()
+        skipped = {r["step"] for r in trace.read_jsonl(self.eval_dir / trace.ERRORS) if "was deleted" in r.get("error", "")}
         work = []
         if self.section.at_start and trace.todo(self.eval_dir, 0, keys):
             work.append((0, None))
@@ -136,7 +138,7 @@ class Follower:
         for step, path, state in complete_checkpoints(self.run_dir):
             last = int(state.get("max_steps") or 0)
             finished |= last > 0 and step >= last
-            if step > 0 and is_evaluated(step, int(state.get("save_steps") or 0), self.section.every, last) \
+            if step > 0 and step not in skipped and is_evaluated(step, int(state.get("save_steps") or 0), self.section.every, last) \
                     and trace.todo(self.eval_dir, step, keys):
                 work.append((step, str(path)))
         return work, finished
@@ -186,7 +188,17 @@ class Follower:
                     continue
                 waited = 0.0
                 step, path = work[0]
-                result = self.evaluate(step, path or start)
+                try:
+                    result = self.evaluate(step, path or start)
+                except OSError as e:
+                    if path is None or Path(path).exists():
+                        raise
+                    # deleted while it was read (save_total_limit rotates the oldest): recorded and skipped
+                    message = f"checkpoint {path} was deleted before it was evaluated ({type(e).__name__}: {e})"
+                    log.warning("rlvlm eval --follow: %s; skipped", message)
+                    if main:
+                        trace.record_error(self.eval_dir, step, message, time.time())
+                    continue
                 if main:
                     trace.write_result(self.eval_dir, result)
                     self.wandb.log(result)
