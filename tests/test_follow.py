@@ -404,3 +404,24 @@ def test_a_checkpoint_deleted_before_it_is_read_is_recorded_and_skipped(tmp_path
     assert sorted({k[0] for k in rows_by_key(run / "eval")}) == [4]
     (error,) = trace.read_jsonl(run / "eval" / "errors.jsonl")
     assert error["step"] == 2 and "deleted" in error["error"]
+
+
+def test_wandb_link_logs_results_evaluated_before_the_run_existed(tmp_path, monkeypatch):
+    from rlvlm.evaluation.follow import WandbLink
+    from rlvlm.evaluation.results import aggregate
+
+    logged, inits = [], []
+    fake = types.SimpleNamespace(init=lambda **k: inits.append(k) or types.SimpleNamespace(log=logged.append, finish=lambda: None),
+                                 Settings=lambda **k: k, Table=lambda columns, data: data)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    record = {"dataset": "shapes", "condition": "base", "id": "x", "target": None, "gold": "A", "response": "r",
+              "think": "t", "answer": "A", "pred": "A", "correct": True, "consistent": True, "judged": True,
+              "format": True, "option_probs": [1.0, 0.0], "p_correct": 1.0, "option_entropy": 0.0, "own_think": "t"}
+    link = WandbLink(tmp_path, n_samples=1)
+    link.log(aggregate(0, [record]))  # the trainer has not reached wandb yet: kept
+    assert not inits and not logged
+    (tmp_path / "wandb_run.json").write_text(json.dumps({"id": "r1", "project": "p", "entity": None, "mode": "offline"}))
+    link.log(aggregate(2, [record]))
+    assert len(inits) == 1 and inits[0]["id"] == "r1" and inits[0]["settings"] == {"mode": "offline"}
+    assert [p["train/global_step"] for p in logged] == [0, 2]
+    assert logged[0]["eval/shapes/base/accuracy"] == 1.0 and logged[0]["eval/shapes/base/samples"][0][1] == "x"

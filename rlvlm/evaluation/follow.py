@@ -62,12 +62,14 @@ def use_vllm(section) -> bool:
 
 
 class WandbLink:
-    """The training run's wandb run, opened (resumed by id) once RUN_DIR/wandb_run.json exists."""
+    """The training run's wandb run, opened (resumed by id) once RUN_DIR/wandb_run.json exists; results
+    evaluated before that (step 0 can finish before the trainer reaches wandb) are logged when it opens."""
 
     def __init__(self, run_dir: Path, n_samples: int):
         self.path = Path(run_dir) / WANDB_RUN
         self.n_samples = n_samples
         self.run = None
+        self.waiting: list[EvalResult] = []
 
     def _open(self):
         if not self.path.is_file():
@@ -82,7 +84,9 @@ class WandbLink:
         return wandb.init(id=info["id"], project=info.get("project"), entity=info.get("entity"), resume="allow",
                           settings=settings)
 
-    def log(self, result: EvalResult) -> None:
+    def log(self, result: EvalResult | None) -> None:
+        if result is not None:
+            self.waiting.append(result)
         try:
             if self.run is None:
                 self.run = self._open()
@@ -90,14 +94,19 @@ class WandbLink:
                 return
             import wandb
 
-            payload = {f"eval/{k}": v for k, v in result.log_dict().items()}
-            for key, (columns, rows) in sample_tables(result.records, result.step, self.n_samples).items():
-                payload[key] = wandb.Table(columns=columns, data=rows)
-            self.run.log({**payload, "train/global_step": result.step})
+            while self.waiting:
+                first = self.waiting[0]
+                payload = {f"eval/{k}": v for k, v in first.log_dict().items()}
+                for key, (columns, rows) in sample_tables(first.records, first.step, self.n_samples).items():
+                    payload[key] = wandb.Table(columns=columns, data=rows)
+                self.run.log({**payload, "train/global_step": first.step})
+                self.waiting.pop(0)
         except Exception:  # noqa: BLE001 - a logger problem never stops the evaluation
-            log.exception("logging the evaluation of step %d to wandb failed", result.step)
+            log.exception("logging the evaluation to wandb failed")
 
     def close(self) -> None:
+        if self.waiting:
+            self.log(None)
         if self.run is not None:
             self.run.finish()
 
