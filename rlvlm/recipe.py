@@ -118,10 +118,19 @@ class DataSection(Section):
 
 
 class GateSpec(Section):
-    """A reward whose value multiplies another's: `consistency`, `judge`, `counterfactual`, or any reward."""
+    """A reward whose value multiplies another's: `consistency`, `judge`, `counterfactual`, or any reward.
+
+    A gate can fail to score a completion (a judge that timed out returns None). `on_failure` says what
+    the gated entry is then worth: `ungated` (default) the entry's own value, so a correct answer is never
+    punished for the judge's failure; `zero` nothing. `max_failed_batches`: after that many generation
+    batches in a row in which the gate scored nothing (the judge is down), training stops cleanly with a
+    checkpoint; 0 never stops.
+    """
 
     name: str  # a registered name, `module:function`, or `path/to/file.py:function`
     kwargs: dict[str, Any] = {}
+    on_failure: typing.Literal["ungated", "zero"] = "ungated"
+    max_failed_batches: int = Field(default=10, ge=0)
 
 
 class RewardSpec(Section):
