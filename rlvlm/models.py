@@ -39,3 +39,24 @@ def resolve_model(section: ModelSection, warm_start: WarmStartSection, progress:
 
         path = run_warm_start(path, warm_start, progress=progress)
     return str(path)
+
+
+def attn_implementation(section: ModelSection) -> str:
+    """The attention kernel for `model.attn_implementation`; `auto`: flash_attention_2 where flash-attn is
+    importable, a CUDA GPU is visible and the weights are 16-bit (flash-attn runs nothing else), sdpa otherwise."""
+    if section.attn_implementation != "auto":
+        return section.attn_implementation
+    import importlib.util
+
+    import torch
+
+    if (section.dtype in ("bfloat16", "float16") and torch.cuda.is_available()
+            and importlib.util.find_spec("flash_attn") is not None):
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def model_init_kwargs(section: ModelSection) -> dict:
+    """from_pretrained keyword arguments of the model section: the one place its dtype and attention are
+    turned into loading arguments (GRPOConfig.model_init_kwargs for training)."""
+    return {"dtype": section.dtype, "attn_implementation": attn_implementation(section)}

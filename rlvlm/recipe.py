@@ -30,7 +30,12 @@ class Section(BaseModel):
 class ModelSection(Section):
     name: str = "tiny"  # "tiny" (the embedded Qwen2.5-VL), a hub id, or a local path
     seed: int = 0  # seeds the tiny model's weights and tokenizer corpus
-    dtype: str = "auto"
+    # The weights' dtype, passed to from_pretrained (through GRPOConfig.model_init_kwargs in training: TRL
+    # loads a model named by a string in float32 unless told otherwise). auto: the checkpoint's own.
+    dtype: typing.Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    # auto: flash_attention_2 where flash-attn is importable, a GPU is there and the weights are 16-bit;
+    # sdpa otherwise (rlvlm.models.attn_implementation)
+    attn_implementation: typing.Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
     freeze_vision: bool = False
 
 
@@ -99,6 +104,9 @@ class DatasetSpec(Section):
     path: str | list[str] | None = None
     image_root: str | None = None  # where relative image paths and image URLs' files are found
     columns: dict[str, str | list[str]] = {}  # custom only: canonical field -> source column(s)
+    # custom only: the set has no options (answers are free text). Without it a custom set must have an
+    # options column, so that a missing or misnamed one is an error rather than a silently free-form set.
+    free_form: bool = False
     on_bad_row: typing.Literal["skip", "stop"] = "skip"  # an unusable row: skip (counted, logged) or stop
 
 
@@ -268,8 +276,13 @@ class Recipe:
         return raw
 
     def grpo_kwargs(self) -> dict[str, Any]:
-        """The recipe's GRPOConfig keys plus the defaults this machine needs."""
-        return {**machine_defaults(), **self.grpo}
+        """The recipe's GRPOConfig keys plus the defaults this machine needs, and the model section's
+        dtype and attention in `model_init_kwargs` (TRL loads the policy from its name with them)."""
+        from rlvlm.models import model_init_kwargs
+
+        kwargs = {**machine_defaults(), **self.grpo}
+        kwargs["model_init_kwargs"] = {**model_init_kwargs(self.model), **_init_kwargs(self.grpo)}
+        return kwargs
 
 
 def machine_defaults() -> dict[str, Any]:
@@ -419,8 +432,70 @@ def build_recipe(raw: dict[str, Any], path: Path | None = None) -> Recipe:
             except ValidationError as e:
                 msg = e.errors()[0]["msg"]
                 raise RecipeError(f"Invalid value for '{key}': {value!r} ({msg}).") from None
+    check_grpo_values(grpo, raw)
     grpo.setdefault("output_dir", str(Path("runs") / name))
     return Recipe(name=name, rewards=rewards, grpo=grpo, path=path, **sections)
+
+
+# GRPOConfig keys whose out-of-range values TRL / transformers accept and then reinterpret (max_steps -3
+# trains by epochs, save_steps 0 never saves, save_total_limit 0 keeps everything) or fail on only once
+# training has started. Only keys the recipe or the command line writes are checked: TRL's own defaults
+# (max_steps -1: "train num_train_epochs") stay as they are.
+_AT_LEAST_ONE = ("max_steps", "per_device_train_batch_size", "gradient_accumulation_steps", "num_iterations",
+                 "max_completion_length", "steps_per_generation", "generation_batch_size", "save_total_limit",
+                 "vllm_max_model_length")
+_INTERVALS = {"save_steps": "save_strategy", "logging_steps": "logging_strategy", "eval_steps": "eval_strategy"}
+_INTERVAL_DEFAULTS = {"save_strategy": "steps", "logging_strategy": "steps", "eval_strategy": "no"}
+_WHY = {
+    "max_steps": "TRL reads a value <= 0 as 'train num_train_epochs epochs'; leave max_steps unset for that",
+    "save_total_limit": "transformers reads a value <= 0 as 'keep every checkpoint'; leave it unset (null) for that",
+    "num_train_epochs": "this run would train no step",
+}
+
+
+def _init_kwargs(grpo: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's own model_init_kwargs (TRL's command line passes them as a JSON string)."""
+    value = grpo.get("model_init_kwargs") or {}
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise RecipeError(f"Invalid value for 'model_init_kwargs': {value!r} (not a JSON mapping: {e}).") from None
+    if not isinstance(value, dict):
+        raise RecipeError(f"Invalid value for 'model_init_kwargs': {value!r} (must be a mapping).")
+    return value
+
+
+def check_grpo_values(grpo: dict[str, Any], written: dict[str, Any] | None = None) -> None:
+    """Reject GRPOConfig values that TRL would silently reinterpret or fail on late (see _AT_LEAST_ONE);
+    `written`: the values as the recipe wrote them, for the message."""
+
+    def bad(key: str, need: str) -> RecipeError:
+        why = f"; {_WHY[key]}" if key in _WHY else ""
+        return RecipeError(f"Invalid value for '{key}': {(written or grpo).get(key, grpo[key])!r} ({need}{why}).")
+
+    for key in _AT_LEAST_ONE:
+        if grpo.get(key) is not None and grpo[key] < 1:
+            raise bad(key, "must be at least 1")
+    for key, strategy in _INTERVALS.items():
+        value = grpo.get(key)
+        chosen = grpo.get(strategy, _INTERVAL_DEFAULTS[strategy])
+        if value is not None and value <= 0 and getattr(chosen, "value", chosen) == "steps":
+            raise bad(key, f"must be > 0 with {strategy} 'steps'; a value < 1 is a fraction of max_steps")
+    if "num_train_epochs" in grpo and grpo["num_train_epochs"] <= 0 and grpo.get("max_steps", -1) <= 0:
+        raise bad("num_train_epochs", "must be > 0 when max_steps is not set")
+    if grpo.get("num_generations") is not None and grpo["num_generations"] < 2:
+        raise bad("num_generations", "must be at least 2: GRPO compares the completions of a prompt")
+    if "temperature" in grpo and grpo["temperature"] <= 0:
+        raise bad("temperature", "must be > 0: TRL divides the logits by it")
+    if "learning_rate" in grpo and grpo["learning_rate"] < 0:
+        raise bad("learning_rate", "must be >= 0")
+    init = _init_kwargs(grpo)
+    if (mine := sorted({"dtype", "torch_dtype", "attn_implementation"} & set(init))):
+        raise RecipeError(f"model_init_kwargs: {', '.join(mine)} belong(s) in the model section "
+                          "(model.dtype, model.attn_implementation), which also sets them for evaluation.")
 
 
 def read_yaml_mapping(path: Path, kind: str = "Recipe") -> dict[str, Any]:
