@@ -86,6 +86,11 @@ def _chat_url(base_url: str) -> str:
     return url + "/v1/chat/completions"
 
 
+def _one_line(text, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 class _Retryable(Exception):
     pass
 
@@ -232,10 +237,8 @@ class JudgeReward:
                 )
             return self._client
 
-    def _judge_http(self, prompt: str) -> float | None:
-        import httpx
-
-        client = self._http_client()
+    def _request(self, prompt: str) -> tuple[str, dict, dict]:
+        """(url, JSON body, headers) of one judge query; the key is read from the environment now."""
         body = {
             "model": self.model,
             "messages": [{"role": "user", "content": prompt}],
@@ -248,7 +251,20 @@ class JudgeReward:
             key = os.environ.get(self.api_key_env)
             if key:
                 headers["Authorization"] = f"Bearer {key}"
-        url = _chat_url(self.base_url)
+        return _chat_url(self.base_url), body, headers
+
+    @property
+    def url(self) -> str:
+        """Where the judge is asked: the chat-completions URL, or the local model."""
+        if self.local_model is not None:
+            return f"local_model {self.local_model!r}" if isinstance(self.local_model, str) else "local_model <object>"
+        return _chat_url(self.base_url)
+
+    def _judge_http(self, prompt: str) -> float | None:
+        import httpx
+
+        client = self._http_client()
+        url, body, headers = self._request(prompt)
         for attempt in range(self.max_retries + 1):
             if attempt:
                 time.sleep(self.backoff * (2 ** (attempt - 1)))
@@ -304,6 +320,59 @@ class JudgeReward:
                     model.eval()
                     self._local = (model, tokenizer)
             return self._local
+
+    # -- preflight
+    def probe(self) -> str | None:
+        """Ask the judge once, as a reward call would (same client, URL, body and auth header, no retry):
+        None when it answers, else a one-line reason (cannot connect, timeout, HTTP status, unreadable
+        reply). A `local_model` path is only checked to hold a loadable config (the weights are loaded
+        at the first reward call, not twice). Never raises; `close()` releases the client it opens."""
+        try:
+            if self.local_model is not None:
+                return self._probe_local()
+            return self._probe_http()
+        except Exception as err:  # a probe reports, it does not take the caller down
+            return f"{type(err).__name__}: {_one_line(err)}"
+
+    def _probe_http(self) -> str | None:
+        import httpx
+
+        url, body, headers = self._request(
+            self.build_prompt("The two blue shapes outnumber the red one, so the answer is A.", "A", ["blue", "red"])
+        )
+        try:
+            resp = self._http_client().post(url, json=body, headers=headers)
+        except httpx.TimeoutException:
+            return f"no reply within the judge's timeout of {self.timeout:g} s"
+        except httpx.ConnectError as err:
+            return f"cannot connect ({_one_line(err)})"
+        except httpx.TransportError as err:
+            return f"{type(err).__name__} ({_one_line(err)})"
+        if resp.status_code >= 400:
+            detail = _one_line(resp.text)
+            return f"HTTP {resp.status_code}" + (f": {detail}" if detail else "")
+        try:
+            content = resp.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return f"unreadable reply (not a chat-completions response): {_one_line(resp.text) or '<empty>'}"
+        if not isinstance(content, str):
+            return f"unreadable reply (message content is {type(content).__name__}, not text)"
+        if parse_verdict(content) is None:
+            logger.warning("judge %s answered the probe without a yes or no (%r); such replies score None. "
+                           "A thinking model may need max_tokens or extra_body "
+                           "{chat_template_kwargs: {enable_thinking: false}}.", url, _one_line(content))
+        return None
+
+    def _probe_local(self) -> str | None:
+        if not isinstance(self.local_model, str):
+            return None  # a (model, tokenizer) pair is already loaded
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(self.local_model)
+        except Exception as err:  # not a model directory, or a model id not available (offline)
+            return f"cannot load local_model {self.local_model!r} ({_one_line(err)})"
+        return None
 
     def close(self):
         with self._lock:
