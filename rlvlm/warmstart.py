@@ -12,6 +12,7 @@ The result is cached next to the tiny model, keyed by the section's values.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import random
@@ -136,21 +137,40 @@ def warm_start_dir(base: Path, section: WarmStartSection) -> Path:
     return base.parent / f"{base.name}-sft-{digest}"
 
 
+@contextlib.contextmanager
+def _cache_lock(out: Path, state):
+    """Held while the warm-start at `out` is checked and, if absent, built: concurrent runs sharing the
+    cache (a sweep, two jobs) wait for the first one and reuse its result, as `build_tiny` does, with the
+    same lock file next to the directory. Within one `accelerate launch` every rank takes part in the
+    SFT, so only rank 0 takes the file lock and the other ranks wait for it at a barrier."""
+    from filelock import FileLock
+
+    lock = FileLock(str(out) + ".lock") if state.is_main_process else contextlib.nullcontext()
+    with lock:
+        state.wait_for_everyone()  # every rank now sees the cache as the lock holder does
+        yield
+        state.wait_for_everyone()  # rank 0 has renamed the result into place before the lock is released
+
+
 def warm_start(base: str | Path, section: WarmStartSection, progress: bool = True) -> Path:
+    from accelerate import PartialState
+
     base = Path(base)
     out = warm_start_dir(base, section)
-    if (out / "rlvlm_warm_start.json").exists():
-        return out
+    # Under `accelerate launch` every rank takes part (the SFT runs data-parallel, split so the global
+    # batch is the recipe's whatever the world size); rank 0 writes the cache and the others wait for it.
+    state = PartialState()
+    with _cache_lock(out, state):
+        if not (out / "rlvlm_warm_start.json").exists():
+            _build(base, out, section, state, progress)
+    return out
 
+
+def _build(base: Path, out: Path, section: WarmStartSection, state, progress: bool) -> None:
     from datasets import Dataset
     from transformers import AutoModelForImageTextToText, AutoProcessor
     from trl import SFTConfig, SFTTrainer
 
-    from accelerate import PartialState
-
-    # Under `accelerate launch` every rank takes part (the SFT runs data-parallel, split so the global
-    # batch is the recipe's whatever the world size); rank 0 writes the cache and the others wait for it.
-    state = PartialState()
     processor = AutoProcessor.from_pretrained(base)
     model = AutoModelForImageTextToText.from_pretrained(base)
     if section.vision_steps:
@@ -196,5 +216,3 @@ def warm_start(base: str | Path, section: WarmStartSection, progress: bool = Tru
         tmp.rename(out)
     else:
         shutil.rmtree(tmp, ignore_errors=True)
-    state.wait_for_everyone()
-    return out

@@ -80,3 +80,63 @@ def test_model_dtype_and_attention_reach_trl(monkeypatch):
     assert eager.grpo_kwargs()["model_init_kwargs"] == {"dtype": "auto", "attn_implementation": "eager", "revision": "main"}
     with pytest.raises(RecipeError, match="model.attn_implementation"):
         build_recipe({"model": {"attn_implementation": "flash"}})
+
+
+# ------------------------------------------------------------------------------ the shared warm-start cache
+
+
+def test_concurrent_warm_starts_build_once(tmp_path, monkeypatch):
+    """Two runs on a fresh cache: the second waits for the first one's warm-start and reuses it (a stub
+    SFT that takes a while stands in for the real one)."""
+    import threading
+    import time
+
+    import transformers
+    import trl
+
+    from rlvlm import warmstart
+    from rlvlm.recipe import WarmStartSection
+
+    trained = []
+
+    class Saves:
+        def save_pretrained(self, path):
+            (path / "processor.json").write_text("{}")
+
+    class StubSFT:
+        def __init__(self, model, args, **kw):
+            self.args = args
+
+        def train(self):
+            trained.append(threading.current_thread().name)
+            time.sleep(0.5)
+
+        def save_model(self, path):
+            (warmstart.Path(path) / "model.safetensors").write_text("weights")
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda *a, **k: Saves())
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", lambda *a, **k: object())
+    monkeypatch.setattr(trl, "SFTTrainer", StubSFT)
+    monkeypatch.setattr(trl, "SFTConfig", lambda **kw: kw)
+    monkeypatch.setattr(warmstart, "sft_rows", lambda section: [{"prompt": "p"}])
+    base = tmp_path / "cache" / "tiny"
+    base.mkdir(parents=True)
+    section = WarmStartSection(vision_steps=0)
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(warmstart.warm_start(base, section, progress=False))
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, name=f"run{i}") for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not errors, errors
+    assert len(trained) == 1, trained  # one build; the other run reused it
+    out = warmstart.warm_start_dir(base, section)
+    assert results == [out, out] and (out / "rlvlm_warm_start.json").is_file()
+    assert not [p for p in base.parent.iterdir() if ".tmp" in p.name]  # no half-written copy left behind
