@@ -8,7 +8,7 @@ import math
 from collections import Counter
 from typing import Iterable, Sequence
 
-CATEGORY_KEYS = ("consistent_correct", "inconsistent_correct", "consistent_incorrect", "inconsistent_incorrect")
+CATEGORY_KEYS = ("consistent_correct", "inconsistent_correct", "consistent_incorrect", "inconsistent_incorrect", "unscored")
 TRACE_KEYS = (
     "step",
     "dataset",
@@ -46,11 +46,16 @@ def auroc(scores: Sequence[float], labels: Sequence[int | bool]) -> float:
 # ----------------------------------------------------------------------------- per condition
 
 
-def categories(correct: Iterable[bool], consistent: Iterable[bool]) -> dict[str, int]:
-    """Counts of consistent/inconsistent x correct/incorrect; they sum to the number of examples."""
+def categories(correct: Iterable[bool], consistent: Iterable[bool | None]) -> dict[str, int]:
+    """Counts of consistent/inconsistent x correct/incorrect, and `unscored` for examples whose
+    faithfulness verdict could not be had (`consistent` None: the judge failed); they sum to the number
+    of examples."""
     cats = dict.fromkeys(CATEGORY_KEYS, 0)
     for ok, cons in zip(correct, consistent, strict=True):
-        cats[("consistent" if cons else "inconsistent") + ("_correct" if ok else "_incorrect")] += 1
+        if cons is None:
+            cats["unscored"] += 1
+        else:
+            cats[("consistent" if cons else "inconsistent") + ("_correct" if ok else "_incorrect")] += 1
     return cats
 
 
@@ -60,16 +65,19 @@ def _mean(values: list[float]) -> float:
 
 def summarize(records: list[dict]) -> dict:
     """The metric part of a trace row from per-example records (keys `correct`, `consistent`,
-    `option_probs`, `p_correct`). Examples without option probabilities (free-form) are left out of
-    the two option means; with none at all those means are 0.0."""
+    `option_probs`, `p_correct`). `accuracy` is over every example; `consistency` and
+    `consistent_accuracy` over the scored ones (`consistent` not None), None when none was scored: a
+    scorer's failure is never counted as unfaithfulness. Examples without option probabilities
+    (free-form) are left out of the two option means; with none at all those means are 0.0."""
     n = len(records)
     cats = categories([r["correct"] for r in records], [r["consistent"] for r in records])
+    judged = [r for r in records if r["consistent"] is not None]
     scored = [r for r in records if r.get("option_probs")]
     return {
         "n": n,
         "accuracy": _mean([float(bool(r["correct"])) for r in records]),
-        "consistency": _mean([float(bool(r["consistent"])) for r in records]),
-        "consistent_accuracy": cats["consistent_correct"] / n if n else 0.0,
+        "consistency": _mean([float(bool(r["consistent"])) for r in judged]) if judged else None,
+        "consistent_accuracy": cats["consistent_correct"] / len(judged) if judged else None,
         "option_entropy": _mean([option_entropy(r["option_probs"]) for r in scored]),
         "p_correct": _mean([float(r["p_correct"]) for r in scored]),
         "categories": cats,

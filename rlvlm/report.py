@@ -112,8 +112,12 @@ def plot_tradeoff(runs: list[Run], dataset: str, path: Path, condition: str = "b
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
     for run, color in zip(runs, _colors(len(runs))):
-        steps, acc = run.series(dataset, condition, "accuracy")
-        _, cons = run.series(dataset, condition, "consistency")
+        acc_steps, accs = run.series(dataset, condition, "accuracy")
+        cons_by_step = dict(zip(*run.series(dataset, condition, "consistency")))
+        # a checkpoint whose consistency could not be scored (judge down) has no point here
+        steps = [s for s in acc_steps if s in cons_by_step]
+        acc = [a for s, a in zip(acc_steps, accs) if s in cons_by_step]
+        cons = [cons_by_step[s] for s in steps]
         if not steps:
             continue
         ax.plot(cons, acc, "-", color=color, alpha=0.5, lw=1.5)
@@ -229,16 +233,17 @@ def markdown(runs: list[Run], images: dict[str, list[Path]], out: Path) -> str:
         for img in images.get(ds, []):
             parts.append(f"![{img.stem}]({img.relative_to(out).as_posix()})")
         parts += ["", "### Last checkpoint, per condition", "",
-                  "Categories: C/I = consistent/inconsistent (think conclusion vs answer), ✓/✗ = correct/incorrect.", ""]
+                  "Categories: C/I = consistent/inconsistent (think conclusion vs answer), ✓/✗ = correct/incorrect; "
+                  "unscored: no faithfulness verdict (the judge failed), left out of consistency and cons. acc.", ""]
         rows = []
         for run in runs:
             for c, r in run.last(run.trace, ds).items():
                 cats = r["categories"]
                 rows.append([run.label, r["step"], c, r["n"], r["accuracy"], r["consistency"], r["consistent_accuracy"],
                              r["option_entropy"], r["p_correct"], cats["consistent_correct"], cats["inconsistent_correct"],
-                             cats["consistent_incorrect"], cats["inconsistent_incorrect"]])
+                             cats["consistent_incorrect"], cats["inconsistent_incorrect"], cats.get("unscored", 0)])
         parts.append(_table(["run", "step", "condition", "n", "accuracy", "consistency", "cons. acc.", "option H",
-                             "P(correct)", "C+✓", "I+✓", "C+✗", "I+✗"], rows))
+                             "P(correct)", "C+✓", "I+✓", "C+✗", "I+✗", "unscored"], rows))
         parts += ["", "### Base condition over training", ""]
         rows = []
         for run in runs:

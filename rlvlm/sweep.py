@@ -309,7 +309,12 @@ def run_all(runs: list[SweepRun], progress: bool) -> None:
 # ============================================================================ ablation
 
 
-def mean_std(values: list[float]) -> dict[str, float]:
+def mean_std(values: list[float | None]) -> dict[str, float | None]:
+    """Mean and standard deviation over the seeds that have a value (a consistency the judge could not
+    score is None); both None when none has."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None}
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
@@ -414,7 +419,8 @@ def markdown(spec: SweepSpec, result: dict, runs: list[SweepRun], images: list[P
             if condition in per_config:
                 seeds = sum(1 for e in result["runs"] if e["config"] == config and condition in e["final"])
                 stats = per_config[condition]
-                rows.append([config, seeds, *(f"{stats[m]['mean']:.3f} ± {stats[m]['std']:.3f}" for m in TABLE_METRICS)])
+                rows.append([config, seeds, *(f"{stats[m]['mean']:.3f} ± {stats[m]['std']:.3f}" if stats[m]["mean"] is not None else "—"
+                                         for m in TABLE_METRICS)])
         parts.append(report._table(["configuration", "seeds", *TABLE_METRICS.values()], rows))
     return "\n".join(parts) + "\n"
 

@@ -10,6 +10,7 @@ import re
 import socket
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -40,7 +41,8 @@ class _Handler(BaseHTTPRequestHandler):
             n_mode = sum(1 for m, _, _ in srv.requests if m == mode)
         if mode == "slow":
             time.sleep(0.5)
-        if mode == "error" or (mode == "flaky" and n_mode % 2 == 1):
+        half_down = mode == "half" and zlib.crc32(body["messages"][0]["content"].encode()) % 2 == 1
+        if mode == "error" or (mode == "flaky" and n_mode % 2 == 1) or half_down:
             self._send(500, b'{"error": "boom"}')
             return
         if mode == "malformed":
@@ -76,6 +78,9 @@ def _server_judges_consistent(prompt: str) -> bool:
 
 @pytest.fixture(scope="module")
 def server():
+    # the server's free-form check imports and warms math_verify on first use, which can take longer
+    # than the tests' 0.2 s client timeout on a loaded machine: do it before serving
+    is_consistent(resp("so the answer is 1/2.", "0.5"))
     srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     srv.daemon_threads = True
     srv.lock = threading.Lock()
@@ -248,3 +253,38 @@ def test_fields_inside_the_think_are_not_substituted():
     prompt = fn.build_prompt("I will write {answer} and {options} here", "B", OPTS)
     assert "I will write {answer} and {options} here" in prompt
     assert "B. blue" in prompt and "<answer>B</answer>" in prompt
+
+
+def test_evaluation_against_a_judge_down_on_half_its_prompts(server, caplog):
+    """The verdicts the judge gave make consistency; the others are `unscored`, not inconsistent, in the
+    trace row, the console table and the logged scalars."""
+    import logging
+
+    from rlvlm.evaluation.results import aggregate, format_rows
+    from rlvlm.evaluation.scoring import score
+
+    thinks = [f"There are {k} red shapes and {k + 1} blue ones. So the answer is ({'ABCD'[k % 4]})." for k in range(24)]
+    completions = [resp(t, "ABCD"[(k + k // 3) % 4]) for k, t in enumerate(thinks)]  # some agree, some do not
+    items = [{"dataset": "shapes", "condition": "base", "id": str(k), "answer": "B", "options": OPTS,
+              "prompt": [], "think_prefix": None} for k in range(24)]
+    scorer = judge(server, "half", max_retries=1)
+    with caplog.at_level(logging.WARNING, logger="rlvlm.evaluation"):
+        result = aggregate(3, score(items, completions, [[0.1, 0.6, 0.2, 0.1]] * 24, scorer))
+    answered = [zlib.crc32(scorer.build_prompt(*_think_answer(c), OPTS).encode()) % 2 == 0 for c in completions]
+    assert 0 < sum(answered) < 24
+    truth = [is_consistent(c, OPTS) for c in completions]
+    row = result.trace[0]
+    assert row["categories"]["unscored"] == 24 - sum(answered)
+    assert sum(row["categories"].values()) == row["n"] == 24
+    assert row["consistency"] == pytest.approx(sum(t for t, a in zip(truth, answered) if a) / sum(answered))
+    assert row["accuracy"] == pytest.approx(sum(c.endswith("<answer>B</answer>") for c in completions) / 24)
+    assert f"{24 - sum(answered):>5}" in format_rows(result.trace).splitlines()[1][-5:]
+    assert "no verdict on" in caplog.text and "unscored" in caplog.text
+    assert result.log_dict()["shapes/base/unscored"] == pytest.approx((24 - sum(answered)) / 24)
+    scorer.close()
+
+
+def _think_answer(completion: str) -> tuple[str, str]:
+    from rewards.parsing import split_response
+
+    return split_response(completion)

@@ -50,8 +50,24 @@ def _rec(ok, cons, probs, gold=0, id_="x"):
 
 def test_categories_sum_to_n():
     cats = categories([True, True, False, False, True], [True, False, True, False, True])
-    assert cats == {"consistent_correct": 2, "inconsistent_correct": 1, "consistent_incorrect": 1, "inconsistent_incorrect": 1}
+    assert cats == {"consistent_correct": 2, "inconsistent_correct": 1, "consistent_incorrect": 1,
+                    "inconsistent_incorrect": 1, "unscored": 0}
     assert set(cats) == set(CATEGORY_KEYS) and sum(cats.values()) == 5
+    cats = categories([True, False, True], [None, None, True])
+    assert cats["unscored"] == 2 and cats["consistent_correct"] == 1 and sum(cats.values()) == 3
+
+
+def test_consistency_is_over_the_scored_examples_only():
+    """A verdict the judge could not give is neither consistent nor inconsistent."""
+    records = [_rec(True, True, [0.9, 0.1]), _rec(True, None, [0.9, 0.1]), _rec(False, False, [0.9, 0.1]),
+               _rec(False, None, [0.9, 0.1])]
+    row = trace_row(0, "shapes", "base", records)
+    assert row["accuracy"] == 0.5  # over all four
+    assert row["consistency"] == 0.5 and row["consistent_accuracy"] == 0.5  # over the two scored
+    assert row["categories"]["unscored"] == 2 and sum(row["categories"].values()) == 4
+    none_scored = trace_row(0, "shapes", "base", [_rec(True, None, [0.9, 0.1])])
+    assert none_scored["consistency"] is None and none_scored["consistent_accuracy"] is None
+    assert none_scored["accuracy"] == 1.0
 
 
 def test_summarize_and_trace_row_hand_case():
@@ -70,7 +86,7 @@ def test_summarize_and_trace_row_hand_case():
     h = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
     assert row["option_entropy"] == pytest.approx((math.log(2) + 0 + h + math.log(2)) / 4)
     assert row["p_correct"] == pytest.approx((0.5 + 1.0 + 0.25 + 0.5) / 4)
-    assert row["categories"] == {k: 1 for k in CATEGORY_KEYS}
+    assert row["categories"] == {**{k: 1 for k in CATEGORY_KEYS}, "unscored": 0}
     assert summarize([])["n"] == 0
 
 

@@ -30,7 +30,8 @@ class EvalResult:
         for row in self.trace:
             key = f"{row['dataset']}/{row['condition']}"
             for m in LOG_METRICS:
-                out[f"{key}/{m}"] = row[m]
+                if row[m] is not None:  # consistency is None when the scorer judged nothing
+                    out[f"{key}/{m}"] = row[m]
             for cat, v in row["categories"].items():
                 out[f"{key}/{cat}"] = v / row["n"] if row["n"] else 0.0
         for row in self.signals:
@@ -62,8 +63,12 @@ def aggregate(step: int, records: list[dict], base_records: list[dict] | None = 
         signals = shortcut_signals([r["own_think"] for r in recs])
         signals["format"] = sum(r["format"] for r in recs) / len(recs)
         signals["answered"] = sum(r["pred"] is not None for r in recs) / len(recs)
-        signals["unjudged"] = sum(not r["judged"] for r in recs)
         result.signals.append({"step": step, "dataset": ds, "condition": cond, "n": len(recs), **signals})
+    unscored = sum(row["categories"]["unscored"] for row in result.trace)
+    if unscored:
+        log.warning("step %d: the faithfulness scorer gave no verdict on %d of %d examples (%.1f%%); they are "
+                    "counted as unscored, not as inconsistent (a judge that failed or timed out?)",
+                    step, unscored, len(records), 100 * unscored / len(records))
     bases = {ds: recs for (ds, cond), recs in groups.items() if cond == "base"}
     for r in base_records or []:
         if (r["dataset"], "base") not in groups:
@@ -79,12 +84,19 @@ def aggregate(step: int, records: list[dict], base_records: list[dict] | None = 
 
 
 def format_rows(rows: list[dict]) -> str:
-    """A compact text table of trace rows (for the console)."""
-    lines = [f"{'step':>6} {'dataset':<12} {'condition':<20} {'n':>5} {'acc':>6} {'cons':>6} {'c_acc':>6} {'H':>6} {'p_cor':>6}"]
+    """A compact text table of trace rows (for the console); `unsc` counts the examples the faithfulness
+    scorer gave no verdict on, and `cons`/`c_acc` are over the others (`-` when none was scored)."""
+
+    def number(v) -> str:
+        return f"{v:>6.3f}" if v is not None else f"{'-':>6}"
+
+    lines = [f"{'step':>6} {'dataset':<12} {'condition':<20} {'n':>5} {'acc':>6} {'cons':>6} {'c_acc':>6} "
+             f"{'H':>6} {'p_cor':>6} {'unsc':>5}"]
     for r in rows:
         lines.append(
-            f"{r['step']:>6} {r['dataset']:<12} {r['condition']:<20} {r['n']:>5} {r['accuracy']:>6.3f} "
-            f"{r['consistency']:>6.3f} {r['consistent_accuracy']:>6.3f} {r['option_entropy']:>6.3f} {r['p_correct']:>6.3f}"
+            f"{r['step']:>6} {r['dataset']:<12} {r['condition']:<20} {r['n']:>5} {number(r['accuracy'])} "
+            f"{number(r['consistency'])} {number(r['consistent_accuracy'])} {number(r['option_entropy'])} "
+            f"{number(r['p_correct'])} {r['categories'].get('unscored', 0):>5}"
         )
     return "\n".join(lines)
 

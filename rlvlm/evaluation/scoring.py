@@ -52,8 +52,7 @@ def score(items: list[dict], completions: list[str], probs: list[list[float]], s
                 "answer": answer,
                 "pred": LETTERS[pred] if pred is not None else None,
                 "correct": bool(ok),
-                "consistent": bool(cons),
-                "judged": cons is not None,
+                "consistent": None if cons is None else bool(cons),  # None: the scorer gave no verdict
                 "format": is_well_formatted(response),
                 "option_probs": p,
                 "p_correct": float(p[gold]) if p and gold is not None and gold < len(p) else 0.0,
