@@ -13,12 +13,18 @@ the entry's, so the paper's faithfulness-aware reward is one entry:
       - {name: format, weight: 0.1}
 
 with `gate: [judge]` / `gate: [counterfactual]` (or `{name: judge, kwargs: {...}}`) to swap the
-scorer. A gated value is None (TRL skips it) when the reward or any gate is None.
+scorer. A gate that could not score a completion (None: the judge failed) does not multiply: the
+gate's `on_failure` decides, `ungated` (default) keeps the reward's own value, so a correct answer is
+not punished for the judge's failure, `zero` scores it 0. (None would not do: TRL sums the weighted
+entries with nansum, so a None entry counts as 0.) After `max_failed_batches` generation batches in a
+row in which a gate scored nothing, `Reward.stop_reason` says so and `rlvlm.callbacks.RewardWatch`
+stops training with a checkpoint.
 
 Every entry is a `Reward`: it fails loudly, naming the culprit, on NaN or a wrong-length list, and
 logs per generation batch, through TRL's `log_metric` reward kwarg (see `Reward.__call__`):
 - `rewards/<entry>/<component>/mean` for each component of a gated entry (the ungated reward and
   each gate: `rewards/accuracy*consistency/consistency/mean` is the consistency rate);
+- `rewards/<entry>/<gate>/unscored`: the share of the batch the gate could not score;
 - `<component>/<stat>`: the per-batch increase of a component's numeric `.stats` counters
   (`judge/failures`, `judge/calls`, ..., `counterfactual/seconds`) and `judge/failure_rate`;
 - `consistency_rate`: the rule-based consistency of every batch (first entry only), whatever the
@@ -34,7 +40,7 @@ import math
 from pathlib import Path
 from typing import Callable
 
-from rlvlm.recipe import RecipeError, RewardSpec
+from rlvlm.recipe import GateSpec, RecipeError, RewardSpec
 
 log = logging.getLogger("rlvlm")
 
@@ -143,10 +149,14 @@ class Reward:
     `components` lists `(name, callable)`: the reward, then its gates.
     """
 
-    def __init__(self, name: str, components: list[tuple[str, Callable]], log_consistency: bool = False):
+    def __init__(self, name: str, components: list[tuple[str, Callable]], log_consistency: bool = False,
+                 gates: list[GateSpec] | None = None):
         self.__name__ = name
         self.components = components
         self.log_consistency = log_consistency
+        self.gates = list(gates) if gates is not None else [GateSpec(name=n) for n, _ in components[1:]]
+        self.failed_batches = [0] * len(self.gates)  # per gate: batches in a row it scored nothing
+        self.stop_reason: str | None = None
 
     def __repr__(self):
         return f"Reward({self.__name__!r})"
@@ -161,21 +171,36 @@ class Reward:
         log_metric = kwargs.get("log_metric")
         before = {name: _numeric_stats(fn) for name, fn in self.components}
         results = [_call_checked(name, fn, completions, kwargs, self.__name__) for name, fn in self.components]
-        if len(results) == 1:
-            out = results[0]
-        else:
-            out = []
-            for row in zip(*results):
-                if any(v is None for v in row):
-                    out.append(None)
-                else:
-                    product = 1.0
-                    for v in row:
-                        product *= v
-                    out.append(product)
+        out = [self._gated(row) for row in zip(*results)] if len(results) > 1 else results[0]
+        self._watch(results[1:], len(completions))
         if log_metric is not None:
             self._log(log_metric, completions, kwargs, results, before)
         return out
+
+    def _gated(self, row) -> float | None:
+        value = row[0]
+        if value is None:
+            return None
+        for gate_value, gate in zip(row[1:], self.gates):
+            if gate_value is not None:
+                value *= gate_value
+            elif gate.on_failure == "zero":
+                value = 0.0
+        return value
+
+    def _watch(self, gate_results: list[list], n: int) -> None:
+        """Count, per gate, the batches in a row in which it scored nothing; past the gate's
+        `max_failed_batches`, set `stop_reason`."""
+        for k, (values, gate) in enumerate(zip(gate_results, self.gates)):
+            self.failed_batches[k] = self.failed_batches[k] + 1 if n and all(v is None for v in values) else 0
+            if gate.max_failed_batches and self.failed_batches[k] >= gate.max_failed_batches and self.stop_reason is None:
+                self.stop_reason = (
+                    f"the gate '{gate.name}' of reward '{self.__name__}' scored nothing in {self.failed_batches[k]} "
+                    f"generation batches in a row (is the judge down?). Training stopped with a checkpoint; "
+                    f"restart the scorer and run the same command again to resume (or raise "
+                    f"rewards[].gate[].max_failed_batches, 0 never stops)."
+                )
+                log.error("%s", self.stop_reason)
 
     def _log(self, log_metric, completions, kwargs, results, before) -> None:
         if len(results) > 1:
@@ -183,6 +208,9 @@ class Reward:
                 mean = _mean(values)
                 if mean is not None:
                     log_metric(f"rewards/{self.__name__}/{name}/mean", mean)
+            for (name, _), values in zip(self.components[1:], results[1:]):
+                if values:
+                    log_metric(f"rewards/{self.__name__}/{name}/unscored", sum(v is None for v in values) / len(values))
         for name, fn in self.components:
             if before[name] is None:
                 continue
@@ -193,7 +221,8 @@ class Reward:
             if "failures" in delta and delta.get("calls"):
                 log_metric(f"{name}/failure_rate", delta["failures"] / delta["calls"])
             if delta.get("failures"):
-                log.warning("reward '%s': %d failure(s) in this batch; those rewards are None", name, delta["failures"])
+                log.warning("reward '%s': %d failure(s) in this batch; those scores are missing (gates: on_failure)",
+                            name, delta["failures"])
         if self.log_consistency:
             from rewards.faithfulness import consistency_reward
 
@@ -210,7 +239,7 @@ def load_reward(spec: RewardSpec, log_consistency: bool = False) -> Reward:
     components = [resolve(spec.name, spec.kwargs)]
     components += [resolve(gate.name, gate.kwargs) for gate in spec.gate]
     name = "*".join(n for n, _ in components)
-    return Reward(name, components, log_consistency=log_consistency)
+    return Reward(name, components, log_consistency=log_consistency, gates=spec.gate)
 
 
 def load_rewards(specs: list[RewardSpec]) -> tuple[list[Reward], list[float]]:

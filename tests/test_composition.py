@@ -101,17 +101,46 @@ def test_only_the_first_entry_logs_the_consistency_rate():
     assert call(funcs[0])[1].keys() == {"consistency_rate"}  # ungated: TRL logs rewards/accuracy/mean itself
 
 
-def test_gated_reward_is_none_when_a_gate_or_the_reward_is_none(tmp_path):
+UNSURE = "def unsure(completions, **kw):\n    return [None if i % 2 == 0 else 1.0 for i in range(len(completions))]\n"
+
+
+def test_a_gate_that_cannot_score_follows_its_on_failure_policy(tmp_path):
     plugin = tmp_path / "gates.py"
-    plugin.write_text("def unsure(completions, **kw):\n    return [None if i % 2 else 1.0 for i in range(len(completions))]\n")
+    plugin.write_text(UNSURE)  # no verdict on completions 0, 2, 4 (0 and 2 are correct answers)
     reward = load_reward(spec(name="accuracy", gate=[f"{plugin}:unsure"]))
     assert reward.__name__ == "accuracy*unsure"
     out, metrics = call(reward)
-    assert out == [1.0, None, 1.0, None, 0.0]
+    # default `ungated`: a correct answer keeps its accuracy when the judge failed (not 0: TRL's nansum
+    # would count a None entry as 0, i.e. as a wrong answer)
+    assert out == [1.0, 0.0, 1.0, 0.0, 0.0]
     assert metrics["rewards/accuracy*unsure/unsure/mean"] == 1.0  # over the values that exist
+    assert metrics["rewards/accuracy*unsure/unsure/unscored"] == 3 / 5
+    zero = load_reward(spec(name="accuracy", gate=[{"name": f"{plugin}:unsure", "on_failure": "zero"}]))
+    assert call(zero)[0] == [0.0, 0.0, 0.0, 0.0, 0.0]
     # an unreadable gold answer makes accuracy None, and so the gated value
     out, _ = call(reward, answer=["Z"] * N)
     assert out == [None] * N
+
+
+def test_a_gate_that_scores_nothing_for_too_long_asks_to_stop(tmp_path):
+    plugin = tmp_path / "down.py"
+    plugin.write_text("def down(completions, **kw):\n    return [None] * len(completions)\n")
+    reward = load_reward(spec(name="accuracy", gate=[{"name": f"{plugin}:down", "max_failed_batches": 3}]))
+    call(reward)
+    call(reward)
+    assert reward.stop_reason is None
+    call(reward)
+    assert "scored nothing in 3 generation batches in a row" in reward.stop_reason
+    # a batch with one verdict resets the count
+    (tmp_path / "gates.py").write_text(UNSURE)
+    flaky = load_reward(spec(name="accuracy", gate=[{"name": f"{tmp_path / 'gates.py'}:unsure", "max_failed_batches": 1}]))
+    for _ in range(3):
+        call(flaky)
+    assert flaky.stop_reason is None
+    never = load_reward(spec(name="accuracy", gate=[{"name": f"{plugin}:down", "max_failed_batches": 0}]))
+    for _ in range(20):
+        call(never)
+    assert never.stop_reason is None
 
 
 def test_several_gates_and_gate_forms_in_yaml(tmp_path):
@@ -240,13 +269,14 @@ def test_judge_gate_built_from_kwargs(yes_judge):
     assert metrics["rewards/accuracy*judge/judge/mean"] == pytest.approx(0.8)
 
 
-def test_judge_down_gives_none_and_logs_failures(caplog):
+def test_judge_down_keeps_the_accuracy_and_logs_failures(caplog):
     reward = load_reward(spec(name="accuracy", gate=[{"name": "judge", "kwargs": {
         "base_url": f"http://127.0.0.1:{_closed_port()}/v1", "max_retries": 1, "backoff": 0.01, "timeout": 1}}]))
     with caplog.at_level(logging.WARNING, logger="rlvlm"):
         out, metrics = call(reward)
-    assert out == [None, None, None, None, 0.0]  # the unformatted one needs no judge: 0.0
+    assert out == ACCURACY  # on_failure: ungated; the unformatted one needs no judge (0.0 from both)
     assert metrics["judge/failures"] == 4 and metrics["judge/failure_rate"] == 1.0
+    assert metrics["rewards/accuracy*judge/judge/unscored"] == 4 / 5
     assert metrics["rewards/accuracy*judge/judge/mean"] == 0.0  # over the values that exist
     assert "judge" in caplog.text and "failure" in caplog.text
 
