@@ -442,7 +442,7 @@ def test_custom_free_form_parquet_with_list_options(tmp_path):
             "answer": ["4", "b"]}
     path = parquet(tmp_path / "d.parquet", rows, {"id": Value("string"), "image": Image(), "question": Value("string"),
                                                     "answer": Value("string")})
-    exs = by_id(load_examples(spec("custom", path=path)))
+    exs = by_id(load_examples(spec("custom", path=path, free_form=True)))  # a free-form set is declared
     assert exs["custom-x"]["options"] == [] and exs["custom-x"]["answer"] == "4"
 
 

@@ -140,3 +140,132 @@ def test_concurrent_warm_starts_build_once(tmp_path, monkeypatch):
     out = warmstart.warm_start_dir(base, section)
     assert results == [out, out] and (out / "rlvlm_warm_start.json").is_file()
     assert not [p for p in base.parent.iterdir() if ".tmp" in p.name]  # no half-written copy left behind
+
+
+# ------------------------------------------------------------------------------ custom data files
+
+
+def write_rows(path, rows, image="a.png"):
+    import io
+    import json
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, format="PNG")
+    (path.parent / image).write_bytes(buf.getvalue())
+    path.write_text("".join(json.dumps({"image": image, "question": "Colour?", **r}) + "\n" for r in rows))
+    return str(path)
+
+
+def custom(path, **kw):
+    from rlvlm.recipe import DatasetSpec
+
+    from pathlib import Path
+
+    kw.setdefault("image_root", str(Path(path).parent))
+    return DatasetSpec(name="custom", path=path, n=100, **kw)
+
+
+def test_duplicate_options_name_file_line_and_option(tmp_path, caplog):
+    import logging
+
+    from rlvlm.data.load import load_examples
+
+    path = write_rows(tmp_path / "mine.jsonl", [
+        {"id": "ok", "options": ["red", "blue"], "answer": "A"},
+        {"id": "dup", "options": ["red", "blue", "red"], "answer": "C"},  # answering the first "red" scored 0
+        {"id": "dup-text", "options": ["red", "blue", "red"], "answer": "red"},  # was "gold not among options"
+    ])
+    with pytest.raises(RecipeError) as e:
+        load_examples(custom(path, on_bad_row="stop"))
+    assert f"{path} line " in str(e.value) and "duplicate option 'red' (options A and C)" in str(e.value)
+    caplog.set_level(logging.WARNING, logger="rlvlm.data")
+    assert [ex["id"] for ex in load_examples(custom(path))] == ["custom-ok"]
+    logged = caplog.text
+    assert "duplicate option: 2" in logged and f"custom-dup ({path} line 2)" in logged
+
+
+def test_text_answer_equal_to_one_option_is_its_letter(tmp_path):
+    from rlvlm.data.load import load_examples
+
+    path = write_rows(tmp_path / "mine.jsonl", [
+        {"id": "text", "options": ["red", "blue", "green"], "answer": "blue"},
+        {"id": "index", "options": ["red", "blue", "green"], "answer": 2},
+        {"id": "two-ways", "options": ["1", "2", "3"], "answer": 2},  # index 2 (C) or the text of B?
+    ])
+    exs = {ex["id"]: ex["answer"] for ex in load_examples(custom(path))}
+    assert exs == {"custom-text": "B", "custom-index": "C"}
+    with pytest.raises(RecipeError, match=r"line 3\).*gold 2 is ambiguous: option B's text, or index 2 \(option C"):
+        load_examples(custom(path, on_bad_row="stop", seed=3))
+
+
+def test_empty_file_is_named(tmp_path):
+    from rlvlm.data.load import check_dataset
+
+    for name in ("empty.jsonl", "blank.json"):
+        path = tmp_path / name
+        path.write_text("" if name.endswith("l") else "\n  \n")
+        with pytest.raises(RecipeError, match=f"{path} is empty"):
+            check_dataset(custom(str(path)))
+
+
+def test_broken_json_line_is_named(tmp_path):
+    from rlvlm.data.load import check_dataset
+
+    path = write_rows(tmp_path / "mine.jsonl", [{"options": ["a", "b"], "answer": "A"}] * 3)
+    lines = (tmp_path / "mine.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:-5]
+    (tmp_path / "mine.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(RecipeError, match=f"{path} line 2 is not valid JSON"):
+        check_dataset(custom(path))
+    json_path = tmp_path / "mine.json"
+    json_path.write_text('[{"question": "q",\n "answer": }]')
+    with pytest.raises(RecipeError, match=f"{json_path} line 2 is not valid JSON"):
+        check_dataset(custom(str(json_path)))
+
+
+def test_missing_columns_are_named(tmp_path):
+    from rlvlm.data.load import check_dataset, load_examples
+
+    no_options = write_rows(tmp_path / "free.jsonl", [{"answer": "4"}])
+    with pytest.raises(RecipeError, match=r"no column for options \('options'; .*free_form: true"):
+        check_dataset(custom(no_options))
+    assert load_examples(custom(no_options, free_form=True))[0]["answer"] == "4"  # declared: free-form
+    no_answer = write_rows(tmp_path / "q.jsonl", [{"options": ["a", "b"], "label": "A"}])
+    with pytest.raises(RecipeError, match=r"no column for answer \('answer'\).*'label'"):
+        check_dataset(custom(no_answer))
+    assert load_examples(custom(no_answer, columns={"answer": "label"}))[0]["answer"] == "A"
+    with pytest.raises(RecipeError, match="free_form: true"):
+        check_dataset(custom(no_answer, free_form=True, columns={"answer": "label"}))  # options there too
+    with pytest.raises(RecipeError, match="'free_form' applies to name: custom only"):
+        check_dataset(DatasetSpec_(name="cv_bench", free_form=True))
+
+
+def DatasetSpec_(**kw):
+    from rlvlm.recipe import DatasetSpec
+
+    return DatasetSpec(**kw)
+
+
+def test_parquet_without_options_column_is_named(tmp_path):
+    from datasets import Dataset
+
+    from rlvlm.data.load import load_examples
+
+    path = str(tmp_path / "d.parquet")
+    Dataset.from_dict({"image": ["x.png"], "question": ["How many?"], "answer": ["4"]}).to_parquet(path)
+    with pytest.raises(RecipeError, match=r"d.parquet has no column for options"):
+        load_examples(custom(path))
+
+
+def test_custom_data_errors_exit_2(tmp_path, capsys):
+    from rlvlm.cli import main
+
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"data: {{train: {{name: custom, path: {empty}}}}}\nreport_to: none\n"
+                      f"output_dir: {tmp_path / 'run'}\n")
+    assert main(["train", str(recipe)]) == 2
+    assert f"{empty} is empty" in capsys.readouterr().err

@@ -541,13 +541,15 @@ def spatial_mm_multihop(raw: dict, row: Row) -> dict:
 
 @register("custom", None, split="train", multiple_choice=False,
           card="any local JSONL/JSON/parquet/CSV/TSV/imagefolder (or hub id); `columns` maps canonical "
-               "fields to source columns; options may be a list column or a list of columns",
+               "fields to source columns; options may be a list column or a list of columns; a set without "
+               "options says free_form: true",
           key=lambda raw, spec: raw.get(spec.columns.get("id", "id")))
 def custom(raw: dict, row: Row) -> dict:
-    cols = {c: c for c in CANONICAL_COLUMNS}
-    cols.update(row.spec.columns)
+    cols = custom_columns(row.spec)
     source_options = cols["options"]
-    if isinstance(source_options, list):  # one column per option, in order
+    if row.spec.free_form:
+        options = []
+    elif isinstance(source_options, list):  # one column per option, in order
         options = letter_columns({LETTERS[i]: raw.get(c) for i, c in enumerate(source_options)})
     else:
         value = raw.get(source_options)
@@ -561,14 +563,139 @@ def custom(raw: dict, row: Row) -> dict:
         if not isinstance(value, list):
             raise BadRow(f"options column {source_options!r} is not a list")
         options = [str(o).strip() for o in value if not _missing(o)]
-    if (isinstance(source_options, list) or source_options in raw) and not options:
+    if not row.spec.free_form and not options:
         raise BadRow("no options for a multiple-choice question")
     answer = raw.get(cols["answer"])
-    answer = gold_letter(options, answer) if options else _text(answer, "gold answer")
+    answer = custom_gold(options, answer) if options else _text(answer, "gold answer")
     images = raw.get(cols["images"]) if cols["images"] in raw else None
     image = [row.image(v) for v in images] if isinstance(images, list) else row.image(raw.get(cols["image"]))
     return example(row, image, _text(raw.get(cols["question"]), "question"),
                    options, answer)
+
+
+def custom_columns(spec: DatasetSpec) -> dict[str, str | list[str]]:
+    cols: dict[str, str | list[str]] = {c: c for c in CANONICAL_COLUMNS}
+    cols.update(spec.columns)
+    return cols
+
+
+def custom_gold(options: list[str], answer: Any) -> str:
+    """The gold letter of a custom row: as `gold_letter` reads it, once the options are known to be
+    distinct, and with an answer that reads two ways (an index or a letter that is also another option's
+    text) named instead of guessed."""
+    seen: dict[str, int] = {}
+    for i, option in enumerate(options):
+        if _norm(option) in seen:
+            raise BadRow(f"duplicate option {option!r} (options {LETTERS[seen[_norm(option)]]} and {LETTERS[i]})")
+        seen[_norm(option)] = i
+    letters = LETTERS[: len(options)]
+    as_text = seen.get(_norm(answer)) if not isinstance(answer, bool) and not _missing(answer) else None
+    gold = gold_letter(options, answer)
+    if as_text is not None and letters[as_text] != gold:
+        how = f"index {answer}" if isinstance(answer, int) else f"letter {gold}"
+        raise BadRow(f"gold {answer!r} is ambiguous: option {letters[as_text]}'s text, or {how} "
+                     f"(option {gold}, {options[letters.index(gold)]!r}); give the letter")
+    return gold
+
+
+def check_custom_columns(spec: DatasetSpec, columns: set[str] | list[str], where: str) -> None:
+    """A custom set's columns against the recipe's `columns` mapping: a missing one is named (a file-level
+    problem, so an error whatever on_bad_row says), and a set without options must say free_form: true."""
+    columns = set(columns)
+    cols = custom_columns(spec)
+    missing = [f"{field} ({cols[field]!r})" for field in ("question", "answer") if cols[field] not in columns]
+    if cols["image"] not in columns and cols["images"] not in columns:
+        missing.append(f"image ({cols['image']!r}) or images ({cols['images']!r})")
+    if "id" in spec.columns and cols["id"] not in columns:
+        missing.append(f"id ({cols['id']!r})")
+    options = cols["options"]
+    if spec.free_form:
+        if isinstance(options, list) or options in columns:
+            raise DataError(f"Dataset 'custom': {where} has options ({options!r}) but the spec says free_form: true; "
+                            "remove one of them.")
+    elif isinstance(options, list):
+        if absent := [c for c in options if c not in columns]:
+            missing.append(f"options ({', '.join(map(repr, absent))})")
+    elif options not in columns:
+        missing.append(f"options ({options!r}; a set whose answers are free text says free_form: true)")
+    if missing:
+        raise DataError(f"Dataset 'custom': {where} has no column for {'; '.join(missing)}. "
+                        f"Its columns: {sorted(columns)}; map yours with 'columns'.")
+
+
+# JSON and JSON Lines files of a custom set are read here rather than by `datasets`, so that a problem
+# names its file and line: an empty file, a line that is not JSON, a missing column, a row that cannot
+# be used. (The `datasets` JSON reader says "StopIteration" or "JSON parse error" with no line.)
+
+
+@dataclass(frozen=True)
+class JsonRows:
+    rows: list[dict]
+    where: list[str]  # "FILE line N" (or "FILE item N" in a JSON array) of each row
+    columns: frozenset[str]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def is_custom_json(spec: DatasetSpec) -> bool:
+    if spec.name != "custom" or spec.path is None:
+        return False
+    files = local_files(spec)
+    return bool(files) and all(os.path.isfile(f) and Path(f).suffix.lower() in (".json", ".jsonl") for f in files)
+
+
+def read_custom_json(spec: DatasetSpec) -> JsonRows:
+    files = local_files(spec)
+    rows, where = [], []
+    for f in files:
+        stat = os.stat(f)
+        r, w = _read_json_file(f, stat.st_mtime_ns, stat.st_size)
+        rows += r
+        where += w
+    columns = frozenset(k for row in rows for k in row)
+    return JsonRows(rows, where, columns)
+
+
+@functools.lru_cache(maxsize=4)  # check_spec reads the file before the model is built; loading reuses it
+def _read_json_file(path: str, mtime_ns: int, size: int) -> tuple[list[dict], list[str]]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"Dataset 'custom': cannot read {path}: {e}.") from None
+    if not text.strip():
+        raise DataError(f"Dataset 'custom': {path} is empty.")
+    if Path(path).suffix.lower() == ".json":
+        try:
+            whole = json.loads(text)
+        except json.JSONDecodeError as e:
+            if e.msg != "Extra data":  # "Extra data": several documents, i.e. JSON Lines in a .json file
+                raise DataError(f"Dataset 'custom': {path} line {e.lineno} is not valid JSON "
+                                f"({e.msg}, column {e.colno}).") from None
+        else:
+            if isinstance(whole, dict) and isinstance(whole.get("data"), list):
+                whole = whole["data"]
+            items = whole if isinstance(whole, list) else [whole]
+            for i, item in enumerate(items):
+                if not isinstance(item, dict):
+                    raise DataError(f"Dataset 'custom': {path} item {i + 1} is not a JSON object "
+                                    f"(a {type(item).__name__}).")
+            if not items:
+                raise DataError(f"Dataset 'custom': {path} is empty.")
+            return items, [f"{path} item {i + 1}" for i in range(len(items))]
+    rows, where = [], []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"Dataset 'custom': {path} line {n} is not valid JSON ({e.msg}, column {e.colno}).") from None
+        if not isinstance(row, dict):
+            raise DataError(f"Dataset 'custom': {path} line {n} is not a JSON object (a {type(row).__name__}).")
+        rows.append(row)
+        where.append(f"{path} line {n}")
+    return rows, where
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,6 +724,9 @@ def check_spec(spec: DatasetSpec) -> None:
     adapter = ADAPTERS[spec.name]
     if spec.columns and spec.name != "custom":
         raise RecipeError(f"Dataset '{spec.name}': 'columns' applies to name: custom only.")
+    if spec.free_form and spec.name != "custom":
+        raise RecipeError(f"Dataset '{spec.name}': 'free_form' applies to name: custom only "
+                          "(a registered dataset knows whether it has options).")
     unknown = set(spec.columns) - set(CANONICAL_COLUMNS)
     if unknown:
         raise RecipeError(f"Dataset '{spec.name}': unknown 'columns' key(s) {sorted(unknown)}; "
@@ -616,6 +746,13 @@ def check_spec(spec: DatasetSpec) -> None:
                           f"({adapter.card}) or 'hub_id' of a mirror.")
     if spec.image_root is not None and not Path(spec.image_root).expanduser().is_dir():
         raise RecipeError(f"Dataset '{spec.name}': image_root '{spec.image_root}' is not a directory.")
+    if spec.name == "custom" and spec.path is not None:
+        for f in local_files(spec):
+            if os.path.isfile(f) and os.path.getsize(f) == 0:
+                raise DataError(f"Dataset 'custom': {f} is empty.")
+        if is_custom_json(spec):  # file-level problems (not JSON, no such column) before any model is built
+            data = read_custom_json(spec)
+            check_custom_columns(spec, data.columns, ", ".join(local_files(spec)))
 
 
 def open_dataset(spec: DatasetSpec, adapter: Adapter):
@@ -677,8 +814,16 @@ def load_adapted(spec: DatasetSpec) -> list[dict]:
     """Up to `spec.n` canonical examples, from a seeded permutation of the split's rows."""
     adapter = ADAPTERS[spec.name]
     check_spec(spec)
-    ds = open_dataset(spec, adapter)
-    raw_row = _raw_rows(ds)
+    where: list[str] | None = None
+    if is_custom_json(spec):
+        ds = read_custom_json(spec)
+        raw_row, where = ds.rows.__getitem__, ds.where
+    else:
+        ds = open_dataset(spec, adapter)
+        if spec.name == "custom":
+            source = spec.path if spec.path is not None else f"the hub ('{spec.hub_id}')"
+            check_custom_columns(spec, ds.column_names, str(source))
+        raw_row = _raw_rows(ds)
     image_root = Path(spec.image_root).expanduser() if spec.image_root else None
     hub_id = (spec.hub_id or adapter.hub_id) if spec.path is None else None
     order = list(range(len(ds)))
@@ -699,12 +844,13 @@ def load_adapted(spec: DatasetSpec) -> list[dict]:
         try:
             examples.append(adapter.convert(raw, row))
         except BadRow as e:
+            at = f"{rid} ({where[index]})" if where else rid
             if spec.on_bad_row == "stop":
-                raise DataError(f"Dataset '{spec.name}' (split '{spec.split}'): row {rid} cannot be used: {e}. "
+                raise DataError(f"Dataset '{spec.name}' (split '{spec.split}'): row {at} cannot be used: {e}. "
                                 "Fix the data, or set on_bad_row: skip to skip such rows.") from None
             skipped[_reason(str(e))] += 1
             if len(skipped_ids) < MAX_LOGGED_IDS:
-                skipped_ids.append(rid)
+                skipped_ids.append(at)
 
     if skipped:
         reasons = ", ".join(f"{r}: {c}" for r, c in skipped.most_common())
@@ -720,9 +866,9 @@ def load_adapted(spec: DatasetSpec) -> list[dict]:
 
 def _reason(message: str) -> str:
     """Group messages by kind for the summary: 'gold 'X' not among options' -> 'gold not among options'."""
-    for kind in ("not among options", "disagrees with option", "no options", "unreadable image",
+    for kind in ("not among options", "disagrees with option", "duplicate option", "is ambiguous", "no options", "unreadable image",
                  "image file not found", "image download failed", "no image", "not contiguous"):
         if kind in message:
-            return {"not among options": "gold not among options",
+            return {"not among options": "gold not among options", "is ambiguous": "gold reads two ways",
                     "disagrees with option": "gold letter and text disagree"}.get(kind, kind)
     return message
