@@ -74,6 +74,10 @@ def training_rows(recipe: Recipe, examples: list[dict], config) -> list[dict]:
     return rows
 
 
+# the files `train` writes into the run directory before the model is built
+BEFORE_MODEL_FILES = frozenset({"recipe.yaml", "augmentation_mix.json", "preflight_error.txt"})
+
+
 def last_checkpoint(output_dir: Path) -> Path | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -89,7 +93,9 @@ def check_run_dir(recipe: Recipe) -> bool | str:
     Returns the value to pass as `resume_from_checkpoint` to `Trainer.train`."""
     output_dir = Path(recipe.grpo["output_dir"])
     resume = recipe.grpo.get("resume_from_checkpoint")
-    has_content = output_dir.is_dir() and any(output_dir.iterdir())
+    # What an attempt stopped before its model was built leaves (e.g. by a failing reward's preflight)
+    # is no run to protect: the same command runs again once the cause is fixed.
+    has_content = output_dir.is_dir() and any(p.name not in BEFORE_MODEL_FILES for p in output_dir.iterdir())
     if resume:
         if resume in ("true", "True", "last"):  # a YAML `true` arrives as "true" (see recipe.build_recipe)
             ckpt = last_checkpoint(output_dir)
@@ -218,16 +224,8 @@ def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None
     from rlvlm.finetune import freeze_vision_tower, peft_config
     from rlvlm.models import resolve_model
     from rlvlm.prefill import ensure_prefill
+    from rlvlm.preflight import check_rewards
 
-    model_path = resolve_model(recipe.model, recipe.warm_start, progress=progress)
-    if resume_from and not recipe.peft.enabled:
-        # transformers' Trainer._load_from_checkpoint loads a Qwen2.5-VL checkpoint without its key
-        # conversion (a "missing keys" warning) and keeps the starting weights. Building the model from
-        # the checkpoint with from_pretrained, which converts, restores them; the Trainer still restores
-        # the optimizer, scheduler, RNG and step.
-        model_path = resume_from
-    processor = AutoProcessor.from_pretrained(model_path)
-    processor.tokenizer.padding_side = "left"
     config = recipe.grpo_config()
     if not progress:
         config.disable_tqdm = True
@@ -235,8 +233,21 @@ def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None
     default_wandb_shared(config.report_to, recipe)
     reward_funcs, weights = load_rewards(recipe.rewards)
     config.reward_weights = weights
-    ensure_prefill(processor)  # pre-filled thinks stay open under TRL's add_generation_prompt=True
     rows = training_rows(recipe, load_examples(recipe.data.train), config)
+    # The data is there and the model is not: a reward that fails on a few of its rows stops the run
+    # now (exit 2, traceback in RUN_DIR/preflight_error.txt), not after the model is built.
+    check_rewards(reward_funcs, rows, config.output_dir)
+
+    model_path = resolve_model(recipe.model, recipe.warm_start, progress=progress)
+    if resume_from and not recipe.peft.enabled:
+        # The checkpoint holds Qwen2.5-VL's weights under the original key names (`model.layers.*`,
+        # `visual.*`: transformers 5 writes them back in that layout), which from_pretrained converts
+        # to the model's own (`model.language_model.*`, `model.visual.*`). Building the model from the
+        # checkpoint restores them; see skip_trainer_weight_reload for the Trainer's own load.
+        model_path = resume_from
+    processor = AutoProcessor.from_pretrained(model_path)
+    processor.tokenizer.padding_side = "left"
+    ensure_prefill(processor)  # pre-filled thinks stay open under TRL's add_generation_prompt=True
     if len(rows) > len(set(r["id"] for r in rows)) and config.max_steps <= 0:
         config.num_train_epochs = 1  # the rows already hold every epoch, each with its own augmentation draw
     train = Dataset.from_list(rows)
@@ -252,6 +263,8 @@ def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)  # with tqdm off, Trainer prints every log dict instead
+    if resume_from and not recipe.peft.enabled:
+        skip_trainer_weight_reload(trainer, resume_from)
     if recipe.model.freeze_vision:
         freeze_vision_tower(trainer.model)  # before train() builds the optimizer
     # Rewards that score with the current policy (counterfactual) get a weak reference to the trainer
@@ -263,11 +276,51 @@ def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None
     return trainer
 
 
+def skip_trainer_weight_reload(trainer, checkpoint: str) -> None:
+    """Keep `Trainer.train(resume_from_checkpoint=checkpoint)` from loading the checkpoint's weights a
+    second time, into a model already built from that checkpoint by from_pretrained.
+
+    `Trainer._load_from_checkpoint` reads model.safetensors and calls a plain
+    `model.load_state_dict(state_dict, strict=False)`, without the key conversion from_pretrained
+    applies: none of the checkpoint's keys (`model.layers.*`, `visual.*`) is a key of the model
+    (`model.language_model.*`, `model.visual.*`), so it loads nothing and warns "There were missing
+    keys in the checkpoint model loaded: [every weight]" on every resume, although the weights are
+    restored. Only that weight load is skipped: the Trainer still restores the optimizer, scheduler,
+    RNG and step from the checkpoint, and any other call (another checkpoint, FSDP's wrapped-model
+    load) goes through unchanged."""
+    reload = trainer._load_from_checkpoint
+    built_from = Path(checkpoint).resolve()
+
+    def load_from_checkpoint(resume_from_checkpoint, model=None):
+        if model is None and Path(resume_from_checkpoint).resolve() == built_from:
+            log.info("resume: the model was built from %s; its weights are not loaded again", checkpoint)
+            return None
+        return reload(resume_from_checkpoint, model)
+
+    trainer._load_from_checkpoint = load_from_checkpoint
+
+
+def close_judges(reward_funcs) -> None:
+    """Close the HTTP clients of the judges among the rewards (JudgeReward.close)."""
+    from rlvlm.composition import components
+
+    for _, fn in components(reward_funcs):
+        if callable(getattr(fn, "probe", None)) and callable(getattr(fn, "close", None)):
+            fn.close()
+
+
 def train(recipe: Recipe, progress: bool = True) -> Path:
+    from rlvlm.preflight import probe_recipe_judges
+
     validate(recipe)
     resume = check_run_dir(recipe)
+    # every judge the run uses answers now, or the run stops (exit 2) before anything is built
+    probe_recipe_judges(recipe, training=True)
     save_resolved_recipe(recipe)
     trainer = build_trainer(recipe, progress=progress, resume_from=resume or None)
-    trainer.train(resume_from_checkpoint=resume or None)
+    try:
+        trainer.train(resume_from_checkpoint=resume or None)
+    finally:
+        close_judges(trainer.reward_funcs)
     trainer.save_state()
     return Path(recipe.grpo["output_dir"])

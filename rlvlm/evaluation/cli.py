@@ -70,7 +70,11 @@ def evaluate_model(args, overrides: dict) -> int:
         raise RecipeError(f"Model path '{args.model}' does not exist (a model id has the form 'org/name').")
     for spec in recipe.data.eval:
         check_dataset(spec)
-    load_scorer(recipe.evaluation)  # a bad faithfulness scorer fails before the model is built
+    scorer = load_scorer(recipe.evaluation)  # a bad faithfulness scorer fails before the model is built
+    if callable(getattr(scorer, "probe", None)):  # and a judge that does not answer, too
+        from rlvlm.preflight import check_judges
+
+        check_judges([("evaluation.faithfulness", scorer)])
 
     step = args.step if getattr(args, "step", None) is not None else infer_step(args.model)
     out = Path(args.out) if args.out else default_out(args.model)
@@ -88,7 +92,12 @@ def evaluate_model(args, overrides: dict) -> int:
         print(f"rlvlm eval: step {step} is already in {out / trace.TRACE}; nothing to do.")
         return 0
     bases = trace.base_records(out, step) if main else []
-    result = evaluator.run(model, step, only=pending, base_records=bases)
+    try:
+        result = evaluator.run(model, step, only=pending, base_records=bases)
+    finally:
+        close = getattr(getattr(evaluator, "scorer", None), "close", None)
+        if callable(close):
+            close()  # a judge's HTTP client
     if main:
         trace.write_result(out, result)
         print(format_rows(sorted(result.trace, key=lambda r: (r["dataset"], r["condition"]))))
