@@ -132,6 +132,13 @@ def test_docker_pins():
     assert "docker build -f docker/Dockerfile" in (ROOT / "README.md").read_text()  # how to use it
 
 
+def test_docker_installs_flash_attn_after_torch():
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    install = dockerfile.index('pip install --no-build-isolation "flash-attn==$FLASH_ATTN"')
+    assert dockerfile.index("pip install -r docker/requirements.txt") < install  # built against the pinned torch
+    assert "ARG FLASH_ATTN=" in dockerfile
+
+
 # ------------------------------------------------------------------------------------ the 7B recipes
 
 
@@ -144,6 +151,12 @@ def test_7b_recipe_loads(path):
     g = recipe.grpo
     assert g["num_generations"] == 8 and g["save_steps"] == 250 and g["bf16"] and g["gradient_checkpointing"]
     assert g["use_vllm"] and g["vllm_mode"] == "colocate"
+    # First-GPU-run settings: vLLM reserves the recipe's budget, not the model's 128k context; bf16 weights
+    # (TRL loads a model named by a string in fp32 unless told); checkpoints (~116 GB each) rotate.
+    assert g["vllm_max_model_length"] >= 16384 + g["max_completion_length"] >= recipe.evaluation.max_new_tokens
+    assert recipe.grpo_kwargs()["model_init_kwargs"]["dtype"] == "bfloat16"
+    assert recipe.model.attn_implementation == "auto"
+    assert g["save_total_limit"] >= 2  # the last one to resume from, and slack for an eval follower
     assert [s.name for s in recipe.data.eval] == EIGHT_BENCHMARKS
     assert [s.name for s in recipe.data.train] == ["sat", "pixmo_count"]
     for spec in [*recipe.data.train, *recipe.data.eval]:
