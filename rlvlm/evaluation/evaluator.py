@@ -4,8 +4,21 @@ One evaluation: the items' batches are planned globally by token count and dealt
 processes (every process runs the same number of forward passes); each batch is generated greedily
 (transformers `generate`, or the process's whole share in one call to a vLLM engine); the option
 probabilities are read from the generation where the response wrote its own `<answer>` (transformers)
-and from one teacher-forced pass otherwise; results are gathered and only the main process scores
-them, so the rows equal those of a one-process run.
+and from one teacher-forced pass otherwise; each process scores the records of its own items and the
+main process aggregates the gathered records, so the rows equal those of a one-process run (a scorer
+that runs the model, `bind`, scores everything on the main process).
+
+Errors (docs/evaluation.md, "When the evaluator fails"): every round of batches ends, on every process,
+in one small collective that exchanges each process's error or None, so that after a failed batch all
+processes stop at the same round boundary and raise `EvaluationError` with the same message; scoring
+errors travel the same way through the gather of the records. What cannot be recovered: where the passes
+themselves are collectives (several processes under DeepSpeed ZeRO-3 or FSDP, where transformers
+generates with `synced_gpus` and a forward without gathered parameters all-gathers them, or a vLLM
+engine shared by the processes), an exception inside a pass leaves the other processes inside that
+pass's collective, where no later collective reaches them. There the failing process raises
+`EvaluationAborted`, which no `except Exception` (nor `evaluation.on_error: log`) catches: the process
+ends and the launcher (torchrun, accelerate, deepspeed) tears the job down at once instead of every
+process waiting for the process group's timeout (the trainer's `ddp_timeout`, 30 minutes by default).
 """
 
 from __future__ import annotations
@@ -14,7 +27,7 @@ import logging
 import math
 import time
 
-from rlvlm.evaluation.distributed import all_gather, broadcast, process_state
+from rlvlm.evaluation.distributed import all_gather, broadcast, passes_are_collective, process_state, sync_error
 from rlvlm.evaluation.generation import EvaluationError, generate_transformers, option_probabilities
 from rlvlm.evaluation.items import load_eval_sets, plan_batches, prepare_items, prompt_lengths, resolve_conditions
 from rlvlm.evaluation.results import EvalResult, aggregate
@@ -26,6 +39,13 @@ log = logging.getLogger("rlvlm.evaluation")
 # images stay small in host memory and that a server answers one call well inside the process group's
 # timeout while the other processes wait for it.
 ENGINE_CHUNK = 256
+
+
+class EvaluationAborted(BaseException):
+    """An evaluator pass failed where the passes are collectives (ZeRO-3, FSDP, a shared vLLM engine with
+    several processes): the other processes wait inside that pass's collective and no later collective
+    reaches them, so this process must end (a BaseException: `except Exception`, and with it
+    `evaluation.on_error: log`, lets it through) and the launcher end the others."""
 
 
 class Evaluator:
@@ -63,20 +83,27 @@ class Evaluator:
         return plan_batches([self.lengths[i] for i in indices], s.batch_size, s.max_batch_tokens, s.max_new_tokens, groups)
 
     def _forward(self, model, indices: list[int], engine=None) -> list[tuple]:
-        """(completion, option probabilities) per item of `indices`, on every process. Every process
-        takes its round-robin share of the global batches (padded with repeats so that all run the same
-        number of forward passes); with an `engine`, its whole share is generated in one engine call
-        first. Results are gathered on every process."""
+        """(completion, option probabilities) per item of `indices`, gathered on every process."""
+        by_index = dict(all_gather(self._forward_local(model, indices, engine)))
+        return [by_index[i] for i in range(len(indices))]
+
+    def _forward_local(self, model, indices: list[int], engine=None) -> list[tuple[int, tuple]]:
+        """(position in `indices`, (completion, option probabilities)) for this process's items. Every
+        process takes its round-robin share of the global batches (padded with repeats so that all run
+        the same number of forward passes); with an `engine`, its whole share is generated in one engine
+        call first. Each round ends in `sync_error` on every process, so an error on any process raises
+        `EvaluationError` (same message) on all of them at the same round; see the module docstring for
+        the failures inside collective passes (`EvaluationAborted`)."""
         state = process_state()
+        collective = passes_are_collective(state, model)
         items = [self.items[i] for i in indices]
         batches = self.batches(indices)
         mine = batches[state.process_index :: state.num_processes]
         per_process = math.ceil(len(batches) / state.num_processes)
         max_new = self.section.max_new_tokens
-        results, error = [], None
-        try:
-            generated = {}
-            if engine is not None and items:
+        results, generated, error = [], {}, None
+        if engine is not None and items:
+            try:
                 # Every process calls the engine once, with a share of the same length: TRL's server mode
                 # and colocated tensor parallelism gather the processes' prompts and hand back equal slices.
                 share = [i for batch in mine for i in batch]
@@ -86,7 +113,11 @@ class Evaluator:
                 for k in range(0, longest, ENGINE_CHUNK):  # the same number of calls on every process
                     completions += engine.generate(self.processor, [items[i] for i in padded[k : k + ENGINE_CHUNK]], max_new)
                 generated = dict(zip(share, completions[: len(share)]))
-            for j in range(per_process):
+            except Exception as e:  # noqa: BLE001 - reported on every process below
+                error = self._failed(state, e, "vLLM generation", collective=state.num_processes > 1)
+            self._sync(error)
+        for j in range(per_process):
+            try:
                 batch = mine[j] if j < len(mine) else (mine[-1] if mine else batches[-1])
                 batch_items = [items[i] for i in batch]
                 if engine is None:
@@ -104,15 +135,29 @@ class Evaluator:
                         probs[k] = p
                 if j < len(mine):
                     results.extend(zip(batch, zip(completions, probs)))
-        except Exception as e:  # noqa: BLE001 - reported on every process below
-            log.exception("evaluator forward pass failed on process %d", state.process_index)
-            error = f"process {state.process_index}: {type(e).__name__}: {e}"
-        gathered = all_gather([("error", error)] if error else results)
-        errors = [x[1] for x in gathered if x[0] == "error"]
-        if errors:
-            raise EvaluationError(errors[0])
-        by_index = dict(gathered)
-        return [by_index[i] for i in range(len(items))]
+            except Exception as e:  # noqa: BLE001 - reported on every process below
+                error = self._failed(state, e, f"batch round {j + 1}/{per_process}", collective)
+            self._sync(error)  # the round boundary: every process stops here after a failed batch
+        return results
+
+    @staticmethod
+    def _failed(state, e: Exception, where: str, collective: bool) -> str:
+        """The message of a failed pass; `EvaluationAborted` where the pass was a collective."""
+        message = f"process {state.process_index}: {type(e).__name__}: {e}"
+        if collective:
+            log.critical("evaluator %s failed on process %d inside a collective pass; the other processes "
+                         "wait in it and cannot be reached, so this process ends", where, state.process_index,
+                         exc_info=True)
+            raise EvaluationAborted(f"{message} ({where}, inside a collective pass: the job must end)") from e
+        log.exception("evaluator %s failed on process %d", where, state.process_index)
+        return message
+
+    @staticmethod
+    def _sync(error: str | None) -> None:
+        """Every process's error (or None) on every process; the first one raised alike on all."""
+        error = sync_error(error)
+        if error:
+            raise EvaluationError(error)
 
     def run(self, model, step: int, only: set | None = None, base_records: list[dict] | None = None,
             engine=None) -> EvalResult:
@@ -126,19 +171,25 @@ class Evaluator:
         items = [self.items[i] for i in indices]
         was_training = model.training
         model.eval()
+        state = process_state()
         result, error = None, None
         try:
             with torch.no_grad():
-                outputs = self._forward(model, indices, engine)
-                if process_state().is_main_process:
-                    try:
-                        if hasattr(self.scorer, "bind"):  # a policy-based scorer (counterfactual) reads this model
-                            self.scorer.bind(model, self.processor, collective=False)  # main process only
-                        records = score(items, [o[0] for o in outputs], [o[1] for o in outputs], self.scorer)
-                        result = aggregate(step, records, base_records)
-                    except Exception as e:  # noqa: BLE001 - reported on every process below
-                        log.exception("evaluator scoring failed")
-                        error = f"scoring: {type(e).__name__}: {e}"
+                if hasattr(self.scorer, "bind"):
+                    # A policy-based scorer (counterfactual) runs this model: on the main process only, on
+                    # every output (a collective=False forward; the others wait in the broadcast below).
+                    outputs = self._forward(model, indices, engine)
+                    if state.is_main_process:
+                        try:
+                            self.scorer.bind(model, self.processor, collective=False)
+                            records = score(items, [o[0] for o in outputs], [o[1] for o in outputs], self.scorer)
+                            result = aggregate(step, records, base_records)
+                        except Exception as e:  # noqa: BLE001 - reported on every process below
+                            log.exception("evaluator scoring failed")
+                            error = f"scoring: {type(e).__name__}: {e}"
+                else:
+                    result, error = self._score_sharded(step, items, self._forward_local(model, indices, engine),
+                                                        base_records, state)
         finally:
             model.train(was_training)
         error = broadcast(error)
@@ -148,3 +199,29 @@ class Evaluator:
             result = EvalResult(step=step)
         result.seconds = time.perf_counter() - start
         return result
+
+    def _score_sharded(self, step, items, local, base_records, state) -> tuple[EvalResult | None, str | None]:
+        """Each process scores its own items (judge calls spread over the processes); the records are
+        gathered in the items' order and aggregated on the main process: (result or None, error or None).
+        A scoring error on any process raises `EvaluationError` (same message) on all of them."""
+        positions = [p for p, _ in local]
+        error, records = None, []
+        try:
+            if local:
+                records = score([items[p] for p in positions], [o[0] for _, o in local], [o[1] for _, o in local],
+                                self.scorer)
+        except Exception as e:  # noqa: BLE001 - reported on every process below
+            log.exception("evaluator scoring failed on process %d", state.process_index)
+            error = f"scoring on process {state.process_index}: {type(e).__name__}: {e}"
+        gathered = all_gather([("error", error)] if error else list(zip(positions, records)))
+        errors = [x[1] for x in gathered if x[0] == "error"]
+        if errors:
+            raise EvaluationError(errors[0])
+        if not state.is_main_process:
+            return None, None
+        try:
+            by_position = dict(gathered)
+            return aggregate(step, [by_position[p] for p in range(len(items))], base_records), None
+        except Exception as e:  # noqa: BLE001 - broadcast to every process by run()
+            log.exception("evaluator aggregation failed")
+            return None, f"aggregation: {type(e).__name__}: {e}"
