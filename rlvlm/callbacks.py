@@ -11,7 +11,9 @@ Steps already in `RUN_DIR/eval/trace.jsonl` are skipped, so a resumed run never 
 Scalars go to the trainer's own loggers (wandb, tensorboard, ...) as `eval/<dataset>/<condition>/<metric>`
 at the training step; with an active wandb run, a Table of sample responses per condition too.
 An evaluator error is logged (and recorded in `eval/errors.jsonl`) and training goes on, or, with
-`evaluation.on_error: stop`, the run stops with `EvaluationError`.
+`evaluation.on_error: stop`, the run stops with `EvaluationError`; either way on every process alike.
+A failure inside a pass that is itself a collective (ZeRO-3, FSDP) cannot be recovered: the process ends
+(`EvaluationAborted`) whatever `on_error` says, and the launcher ends the others.
 
 `WandbRunRecorder` writes `RUN_DIR/wandb_run.json` (the run's id, project, entity, mode) once wandb is
 up, so that a follower (`rlvlm eval --follow`) logs into the same wandb run.
@@ -74,19 +76,34 @@ class EvalCallback(TrainerCallback):
 
     @contextlib.contextmanager
     def _model(self, model):
-        """The trainer's model, unwrapped for generation (ZeRO-3 parameters gathered) as TRL does it."""
+        """The trainer's model, unwrapped for generation (ZeRO-3 parameters gathered) as TRL does it.
+
+        TRL 1.16's `unwrap_model_for_generation` restores nothing when its body raises (no try/finally):
+        the ZeRO-3 forward hooks it removed and the gradient checkpointing it turned off would stay so for
+        the rest of training. The body's exception is therefore held here, TRL's context is left normally
+        (hooks back, checkpointing re-enabled), and the exception raised after it. Checkpointing is
+        re-enabled with the trainer's own `gradient_checkpointing_kwargs`, as TRL's generation does: with
+        None, transformers re-enables it with use_reentrant=False, undoing the use_reentrant=True TRL forces
+        for LoRA under ZeRO-3."""
         trainer = self.trainer
         if trainer is None or getattr(trainer, "accelerator", None) is None:
             yield model
             return
         from trl.models import unwrap_model_for_generation
 
+        failure = None
         with unwrap_model_for_generation(
             trainer.model_wrapped,
             trainer.accelerator,
             gather_deepspeed3_params=getattr(trainer.args, "ds3_gather_for_generation", True),
+            gradient_checkpointing_kwargs=getattr(trainer.args, "gradient_checkpointing_kwargs", None),
         ) as unwrapped:
-            yield unwrapped
+            try:
+                yield unwrapped
+            except BaseException as e:  # noqa: BLE001 - raised again once TRL has restored the model
+                failure = e
+        if failure is not None:
+            raise failure
 
     def engine(self) -> TrainerEngine | None:
         """The trainer's vLLM engine when it generates with one and `evaluation.engine` allows it."""
@@ -103,6 +120,10 @@ class EvalCallback(TrainerCallback):
         return self.evaluator
 
     def _evaluate(self, args, state, control, kwargs) -> None:
+        """Every step that can fail on one process alone ends in `sync_error` (or raises alike on every
+        process, as `Evaluator.run` does), so all processes take the same branch: skip, log the error and
+        train on, stop, or log the result. `EvaluationAborted` (a failure inside a collective pass, see
+        rlvlm.evaluation.evaluator) is not caught: the process ends and the launcher ends the others."""
         step = int(state.global_step)
         main = state.is_world_process_zero
         processor = kwargs.get("processing_class")
@@ -111,14 +132,23 @@ class EvalCallback(TrainerCallback):
         model = kwargs.get("model")
         if model is None:
             model = getattr(self.trainer, "model", None)
-        result, error, tb = None, None, ""
-        try:
+        result, error, tb, todo, bases = None, None, "", None, []
+        try:  # local work only: building the evaluator, reading the trace
             evaluator = self._evaluator(processor)
-            pending = broadcast(trace.todo(self.eval_dir, step, evaluator.keys()) if main else None)
-            if not pending:
-                log.info("eval step %d: already in %s; skipped", step, self.eval_dir / trace.TRACE)
-                return
-            bases = trace.base_records(self.eval_dir, step) if main else []
+            if main:
+                todo = trace.todo(self.eval_dir, step, evaluator.keys())
+                bases = trace.base_records(self.eval_dir, step)
+        except Exception as e:  # noqa: BLE001 - shared with every process below
+            error, tb = f"{type(e).__name__}: {e}", traceback.format_exc()
+        error = sync_error(error)
+        if error is not None:
+            self._fail(step, error, tb, main)
+            return
+        pending = broadcast(todo)
+        if not pending:
+            log.info("eval step %d: already in %s; skipped", step, self.eval_dir / trace.TRACE)
+            return
+        try:
             engine = self.engine()
             if engine is not None:
                 engine.sync()  # the engine holds the weights of the last generation, not this checkpoint's
@@ -142,6 +172,8 @@ class EvalCallback(TrainerCallback):
         self._log(args, state, control, result, kwargs)
 
     def _fail(self, step: int, error: str, tb: str, main: bool) -> None:
+        """The same decision on every process: `error` comes from `sync_error` and `on_error` from the
+        recipe every process loaded."""
         self.history.append({"step": step, "error": error})
         if self.section.on_error == "stop":
             raise EvaluationError(f"evaluation at step {step} failed (evaluation.on_error: stop): {error}")
