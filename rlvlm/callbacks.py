@@ -15,6 +15,8 @@ An evaluator error is logged (and recorded in `eval/errors.jsonl`) and training 
 A failure inside a pass that is itself a collective (ZeRO-3, FSDP) cannot be recovered: the process ends
 (`EvaluationAborted`) whatever `on_error` says, and the launcher ends the others.
 
+`RewardWatch` stops training with a checkpoint when a reward gate's judge stays down.
+
 `WandbRunRecorder` writes `RUN_DIR/wandb_run.json` (the run's id, project, entity, mode) once wandb is
 up, so that a follower (`rlvlm eval --follow`) logs into the same wandb run.
 """
@@ -229,6 +231,25 @@ class WandbRunRecorder(TrainerCallback):
                 "mode": "offline" if run.settings.mode in ("offline", "dryrun") else "online"}
         with contextlib.suppress(OSError):
             self.path.write_text(json.dumps(info) + "\n")
+
+
+class RewardWatch(TrainerCallback):
+    """Stops training, with a checkpoint, when a reward asks to (`composition.Reward.stop_reason`: a gate
+    whose judge scored nothing for `max_failed_batches` batches in a row). The reason is shared by every
+    process each step, so all stop at the same step; `rlvlm train` then reports it and exits 1."""
+
+    def __init__(self, reward_funcs):
+        self.reward_funcs = list(reward_funcs)
+        self.stop_reason: str | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        own = next((r.stop_reason for r in self.reward_funcs if getattr(r, "stop_reason", None)), None)
+        reason = sync_error(own)  # a collective: every process calls it every step
+        if reason and self.stop_reason is None:
+            self.stop_reason = reason
+            control.should_training_stop = True
+            control.should_save = True
+        return control
 
 
 def attach_evaluator(trainer, recipe) -> EvalCallback | None:

@@ -12,10 +12,15 @@ USAGE_ERROR = 2
 
 
 def _train(args: argparse.Namespace, extra: list[str]) -> int:
-    from rlvlm.train import train
+    from rlvlm.train import RunStopped, train
 
     recipe = load_recipe(args.recipe, parse_overrides(extra))
-    out = train(recipe, progress=not args.quiet)
+    try:
+        out = train(recipe, progress=not args.quiet)
+    except RunStopped as e:
+        print(f"rlvlm train: {e}", file=sys.stderr)
+        _end_distributed()
+        return 1
     print(f"rlvlm: run finished in {out}")
     _end_distributed()
     return 0

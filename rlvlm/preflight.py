@@ -163,8 +163,8 @@ def _checkable(reward):
                      reward.__name__, name)
         else:
             keep.append((name, fn))
-    if len(keep) == len(components):
-        return reward
+    # a fresh Reward even when every component is kept: the trainer's own one counts the batches in
+    # which its gates scored nothing (Reward.stop_reason), and this call is not a training batch
     return Reward(reward.__name__, keep) if keep else None
 
 

@@ -270,8 +270,9 @@ def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None
     # Rewards that score with the current policy (counterfactual) get a weak reference to the trainer
     # and read trainer.model / trainer.processing_class at each call: no callback, no subclass.
     bind_policy(reward_funcs, trainer)
-    from rlvlm.callbacks import attach_evaluator
+    from rlvlm.callbacks import RewardWatch, attach_evaluator
 
+    trainer.add_callback(RewardWatch(reward_funcs))  # a gate whose judge stays down stops the run with a checkpoint
     attach_evaluator(trainer, recipe)  # inline: evaluates step 0 and the saved checkpoints into RUN_DIR/eval/
     return trainer
 
@@ -310,6 +311,8 @@ def close_judges(reward_funcs) -> None:
 
 
 def train(recipe: Recipe, progress: bool = True) -> Path:
+    """Run the recipe; returns the run directory. Raises RunStopped when a reward asked to stop."""
+    from rlvlm.callbacks import RewardWatch
     from rlvlm.preflight import probe_recipe_judges
 
     validate(recipe)
@@ -323,4 +326,11 @@ def train(recipe: Recipe, progress: bool = True) -> Path:
     finally:
         close_judges(trainer.reward_funcs)
     trainer.save_state()
+    watch = next((c for c in trainer.callback_handler.callbacks if isinstance(c, RewardWatch)), None)
+    if watch is not None and watch.stop_reason:
+        raise RunStopped(f"stopped at step {trainer.state.global_step}: {watch.stop_reason}")
     return Path(recipe.grpo["output_dir"])
+
+
+class RunStopped(RuntimeError):
+    """Training stopped early on purpose, with a checkpoint (a reward gate's judge stayed down)."""

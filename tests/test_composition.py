@@ -377,3 +377,51 @@ def test_counterfactual_scores_inside_grpo(tiny_model_path, tmp_path):
     assert 0.0 <= logs["rewards/accuracy*counterfactual/counterfactual/mean"] <= 1.0
     assert logs["rewards/accuracy*counterfactual/accuracy/mean"] == 1.0
     assert "counterfactual/shuffle_agrees" in logs
+
+
+# ------------------------------------------------------------------ a judge that stays down
+
+
+class _Down:
+    stop_reason = "the gate 'judge' of reward 'accuracy*judge' scored nothing in 3 generation batches in a row"
+
+
+def test_reward_watch_stops_training_with_a_checkpoint():
+    from transformers import TrainerControl, TrainerState, TrainingArguments
+
+    from rlvlm.callbacks import RewardWatch
+
+    args, state = TrainingArguments(output_dir="unused", report_to=[]), TrainerState()
+    watch = RewardWatch([load_reward(spec(name="accuracy"))])
+    control = watch.on_step_end(args, state, TrainerControl())
+    assert not control.should_training_stop and watch.stop_reason is None
+    watch = RewardWatch([load_reward(spec(name="format")), _Down()])
+    control = watch.on_step_end(args, state, TrainerControl())
+    assert control.should_training_stop and control.should_save
+    assert watch.stop_reason == _Down.stop_reason
+
+
+@pytest.mark.slow
+def test_rlvlm_train_stops_cleanly_when_the_judge_stays_down(tiny_model_path, tmp_path, capsys):
+    """A gate that never answers: the run stops after max_failed_batches steps, with that step's
+    checkpoint, exit 1 and a message naming the gate; run again, it resumes from the checkpoint."""
+    import yaml
+
+    from rlvlm.cli import main
+
+    plugin = tmp_path / "down.py"
+    plugin.write_text("def down(completions, **kw):\n    return [None] * len(completions)\n")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "down", "model": {"name": str(tiny_model_path)}, "warm_start": {"enabled": False},
+        "data": {"train": {"name": "shapes", "n": 16}, "eval": []},
+        "rewards": [{"name": "accuracy", "gate": [{"name": f"{plugin}:down", "max_failed_batches": 2}]}],
+        "num_generations": 2, "per_device_train_batch_size": 2, "max_completion_length": 8,
+        "max_steps": 6, "save_steps": 100, "logging_steps": 1, "report_to": "none", "learning_rate": 1e-4,
+        "bf16": False, "use_cpu": True, "disable_tqdm": True, "output_dir": str(tmp_path / "run"),
+    }))
+    assert main(["train", str(recipe), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "stopped at step 2" in err and "down.py:down" in err and "scored nothing in 2" in err
+    assert (tmp_path / "run" / "checkpoint-2" / "trainer_state.json").is_file()
+    assert not (tmp_path / "run" / "checkpoint-6").exists()
