@@ -205,7 +205,7 @@ def checkpoint_evaluator(settings: Settings, path: str):
     from rlvlm.recipe import load_recipe
 
     recipe = load_recipe(RECIPE, settings.overrides)
-    model, processor = load_model(path, recipe.model.dtype)
+    model, processor = load_model(path, recipe.model)
     return Evaluator.from_recipe(recipe, processor), model
 
 
@@ -577,9 +577,9 @@ def eval_run(model_dir: Path, gs: GpuSettings, use_vllm: bool, bf16: bool) -> di
     from rlvlm.evaluation.cli import load_model
     from rlvlm.evaluation.evaluator import Evaluator
     from rlvlm.evaluation.generation import LocalEngine
-    from rlvlm.recipe import EvaluationSection
+    from rlvlm.recipe import EvaluationSection, ModelSection
 
-    model, processor = load_model(str(model_dir), "bfloat16" if bf16 else "float32")
+    model, processor = load_model(str(model_dir), ModelSection(dtype="bfloat16" if bf16 else "float32"))
     examples = shapes.generate_examples("eval", gs.eval_items, seed=0)
     for ex in examples:
         ex["image"] = ex["image"].resize((gs.image_size, gs.image_size))

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rewards.judge import make_judge_reward
 from test_judge import count, server, url  # noqa: F401  (the fake judge server fixture and its helpers)
@@ -132,6 +133,22 @@ def test_eval_stops_before_the_model_when_the_faithfulness_judge_is_down(tmp_pat
     assert base_url + "/chat/completions" in err and "evaluation.faithfulness" in err
     assert "Start the judge server" in err and "evaluation.faithfulness: rule" in err
     assert "Traceback" not in err and not no_model and seconds < 30
+
+
+def test_follower_stops_before_the_model_when_the_faithfulness_judge_is_down(tmp_path, capsys, no_model):
+    """`rlvlm eval --follow RUN_DIR` reads the run's resolved recipe; its judge is probed first."""
+    from rlvlm.recipe import load_recipe
+
+    base_url = closed_port_url()
+    run = tmp_path / "run"
+    run.mkdir()
+    recipe = load_recipe(RECIPE, {"evaluation.faithfulness": "judge", "evaluation.mode": "follow",
+                                  "evaluation.faithfulness_kwargs": {"base_url": base_url, "timeout": 2}})
+    (run / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved()))
+    code, err, _ = run_cli(capsys, "eval", "--follow", run, "--max_wait", 1)
+    assert code == 2, err
+    assert base_url + "/chat/completions" in error_line(err, "eval") and "Traceback" not in err
+    assert not no_model and not (run / "eval").exists()
 
 
 def test_judges_that_answer_pass_and_are_closed(server):  # noqa: F811

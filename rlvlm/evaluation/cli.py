@@ -48,12 +48,17 @@ def recipe_for_eval(recipe_path: str | None, overrides: dict):
     return build_recipe(raw)
 
 
-def load_model(name: str, dtype: str = "auto"):
-    """A VLM and its processor from a directory or model id, on this process's device."""
+def load_model(name: str, section=None):
+    """A VLM and its processor from a directory or model id, on this process's device, loaded as the
+    recipe's model section says (dtype, attention kernel: `models.model_init_kwargs`, as for training)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from rlvlm.models import model_init_kwargs
+    from rlvlm.recipe import ModelSection
+
     processor = AutoProcessor.from_pretrained(name)
-    model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype)
+    kwargs = model_init_kwargs(section if section is not None else ModelSection())
+    model = AutoModelForImageTextToText.from_pretrained(name, **kwargs)
     return model.to(process_state().device), processor
 
 
@@ -80,7 +85,7 @@ def evaluate_model(args, overrides: dict) -> int:
     out = Path(args.out) if args.out else default_out(args.model)
     path = resolve_model(section, recipe.warm_start, progress=not getattr(args, "quiet", False))
     try:
-        model, processor = load_model(path, recipe.model.dtype)
+        model, processor = load_model(path, recipe.model)
     except (OSError, ValueError) as e:  # not a model directory, or one without a processor
         raise RecipeError(
             f"Cannot load model '{args.model}': it is neither a model directory nor a model id available offline ({e})."

@@ -123,7 +123,10 @@ class Follower:
                               "writes a run into (it saves the resolved recipe there before training).")
         self.recipe = load_recipe(recipe_path)
         self.section = self.recipe.evaluation
+        from rlvlm.preflight import probe_recipe_judges
+
         load_scorer(self.section)  # a bad faithfulness scorer fails before any model is built
+        probe_recipe_judges(self.recipe, training=False)  # and so does a judge that does not answer
         self.eval_dir = self.run_dir / "eval"
         self.progress = progress
         self.vllm = use_vllm(self.section)
@@ -159,7 +162,7 @@ class Follower:
         main = process_state().is_main_process
         pending = broadcast(trace.todo(self.eval_dir, step, self.evaluator.keys()) if main else None)
         bases = trace.base_records(self.eval_dir, step) if main else []
-        model, _ = load_model(model_path, self.recipe.model.dtype)
+        model, _ = load_model(model_path, self.recipe.model)
         engine = None
         if self.vllm and not (Path(model_path) / "adapter_config.json").exists():  # a LoRA checkpoint: transformers
             grpo = self.recipe.grpo
