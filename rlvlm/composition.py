@@ -16,7 +16,9 @@ with `gate: [judge]` / `gate: [counterfactual]` (or `{name: judge, kwargs: {...}
 scorer. A gate that could not score a completion (None: the judge failed) does not multiply: the
 gate's `on_failure` decides, `ungated` (default) keeps the reward's own value, so a correct answer is
 not punished for the judge's failure, `zero` scores it 0. (None would not do: TRL sums the weighted
-entries with nansum, so a None entry counts as 0.) After `max_failed_batches` generation batches in a
+entries with nansum, so a None entry counts as 0. Dropping the sample from its group is not offered:
+TRL gathers the rewards of every process before it computes group statistics and has no per-sample
+mask there, so it would take a trainer subclass.) After `max_failed_batches` generation batches in a
 row in which a gate scored nothing, `Reward.stop_reason` says so and `rlvlm.callbacks.RewardWatch`
 stops training with a checkpoint.
 

@@ -158,6 +158,38 @@ def test_prompt_lengths_count_image_tokens(tiny):
 # ------------------------------------------------------------------ one evaluation on the tiny model
 
 
+def test_scoring_overlaps_the_next_generation(tiny, monkeypatch):
+    """A batch is scored while the next one is generated (judge requests do not wait for the whole
+    generation): the second generation waits for the first batch's scoring to have started."""
+    import threading
+
+    from rewards.faithfulness import consistency_reward
+
+    model, processor = tiny
+    evaluator = Evaluator.from_recipe(small_recipe(batch_size=2), processor)
+    scored, waited = threading.Event(), []
+
+    def scorer(completions, **kwargs):
+        scored.set()
+        return consistency_reward(completions, **kwargs)
+
+    real_generate = evaluator_module.generate_transformers
+
+    calls = []
+
+    def generate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # without overlap, nothing is scored before the last batch is generated
+            waited.append(scored.wait(timeout=20))
+        return real_generate(*args, **kwargs)
+
+    evaluator.scorer = scorer
+    monkeypatch.setattr(evaluator_module, "generate_transformers", generate)
+    result = evaluator.run(model, step=0)
+    assert len(calls) == 4 and waited == [True]  # the first batch was being scored during the second generation
+    assert len(result.records) == 8 and [r["id"] for r in result.records] == [it["id"] for it in evaluator.items]
+
+
 def test_evaluator_schema_records_and_mode_restored(tiny, tmp_path):
     model, processor = tiny
     model.train()

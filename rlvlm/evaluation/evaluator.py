@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from rlvlm.evaluation.distributed import all_gather, broadcast, passes_are_collective, process_state, sync_error
 from rlvlm.evaluation.generation import EvaluationError, generate_transformers, option_probabilities
@@ -87,11 +88,12 @@ class Evaluator:
         by_index = dict(all_gather(self._forward_local(model, indices, engine)))
         return [by_index[i] for i in range(len(indices))]
 
-    def _forward_local(self, model, indices: list[int], engine=None) -> list[tuple[int, tuple]]:
+    def _forward_local(self, model, indices: list[int], engine=None, on_batch=None) -> list[tuple[int, tuple]]:
         """(position in `indices`, (completion, option probabilities)) for this process's items. Every
         process takes its round-robin share of the global batches (padded with repeats so that all run
         the same number of forward passes); with an `engine`, its whole share is generated in one engine
-        call first. Each round ends in `sync_error` on every process, so an error on any process raises
+        call first. `on_batch(positions, completions, probs)` is called with each of this process's batches
+        as soon as it is generated. Each round ends in `sync_error` on every process, so an error on any process raises
         `EvaluationError` (same message) on all of them at the same round; see the module docstring for
         the failures inside collective passes (`EvaluationAborted`)."""
         state = process_state()
@@ -135,6 +137,8 @@ class Evaluator:
                         probs[k] = p
                 if j < len(mine):
                     results.extend(zip(batch, zip(completions, probs)))
+                    if on_batch is not None:
+                        on_batch(batch, completions, probs)
             except Exception as e:  # noqa: BLE001 - reported on every process below
                 error = self._failed(state, e, f"batch round {j + 1}/{per_process}", collective)
             self._sync(error)  # the round boundary: every process stops here after a failed batch
@@ -188,8 +192,19 @@ class Evaluator:
                             log.exception("evaluator scoring failed")
                             error = f"scoring: {type(e).__name__}: {e}"
                 else:
-                    result, error = self._score_sharded(step, items, self._forward_local(model, indices, engine),
-                                                        base_records, state)
+                    # Each process scores its own batches while it generates the next ones: judge requests
+                    # (network-bound) overlap generation instead of following it.
+                    pool, scoring = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlvlm-score"), []
+
+                    def on_batch(positions, completions, probs):
+                        batch_items = [items[p] for p in positions]
+                        scoring.append((positions, pool.submit(score, batch_items, completions, probs, self.scorer)))
+
+                    try:
+                        self._forward_local(model, indices, engine, on_batch)
+                        result, error = self._score_sharded(step, len(items), scoring, base_records, state)
+                    finally:
+                        pool.shutdown(wait=True, cancel_futures=True)
         finally:
             model.train(was_training)
         error = broadcast(error)
@@ -200,20 +215,19 @@ class Evaluator:
         result.seconds = time.perf_counter() - start
         return result
 
-    def _score_sharded(self, step, items, local, base_records, state) -> tuple[EvalResult | None, str | None]:
-        """Each process scores its own items (judge calls spread over the processes); the records are
-        gathered in the items' order and aggregated on the main process: (result or None, error or None).
-        A scoring error on any process raises `EvaluationError` (same message) on all of them."""
-        positions = [p for p, _ in local]
+    def _score_sharded(self, step, n_items, scoring, base_records, state) -> tuple[EvalResult | None, str | None]:
+        """Collects this process's scored batches (`scoring`: (positions, future of their records)), gathers
+        the records of every process in the items' order and aggregates them on the main process: (result
+        or None, error or None). A scoring error on any process raises `EvaluationError` (same message) on
+        all of them."""
         error, records = None, []
         try:
-            if local:
-                records = score([items[p] for p in positions], [o[0] for _, o in local], [o[1] for _, o in local],
-                                self.scorer)
+            for positions, future in scoring:
+                records += zip(positions, future.result())
         except Exception as e:  # noqa: BLE001 - reported on every process below
             log.exception("evaluator scoring failed on process %d", state.process_index)
             error = f"scoring on process {state.process_index}: {type(e).__name__}: {e}"
-        gathered = all_gather([("error", error)] if error else list(zip(positions, records)))
+        gathered = all_gather([("error", error)] if error else records)
         errors = [x[1] for x in gathered if x[0] == "error"]
         if errors:
             raise EvaluationError(errors[0])
@@ -221,7 +235,7 @@ class Evaluator:
             return None, None
         try:
             by_position = dict(gathered)
-            return aggregate(step, [by_position[p] for p in range(len(items))], base_records), None
+            return aggregate(step, [by_position[p] for p in range(n_items)], base_records), None
         except Exception as e:  # noqa: BLE001 - broadcast to every process by run()
             log.exception("evaluator aggregation failed")
             return None, f"aggregation: {type(e).__name__}: {e}"
