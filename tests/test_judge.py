@@ -38,12 +38,16 @@ class _Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(length))
         with srv.lock:
             srv.requests.append((mode, body, dict(self.headers)))
+            srv.times.setdefault(mode, []).append(time.monotonic())
             n_mode = sum(1 for m, _, _ in srv.requests if m == mode)
         if mode == "slow":
             time.sleep(0.5)
         half_down = mode == "half" and zlib.crc32(body["messages"][0]["content"].encode()) % 2 == 1
         if mode == "error" or (mode == "flaky" and n_mode % 2 == 1) or half_down:
             self._send(500, b'{"error": "boom"}')
+            return
+        if mode in ("busy", "overloaded") and n_mode == 1:  # 429 on the first request, with the delay to wait
+            self._send(429, b'{"error": "busy"}', {"Retry-After": "0.3" if mode == "busy" else "120"})
             return
         if mode == "malformed":
             self._send(200, b'{"choices": [ not json')
@@ -58,8 +62,10 @@ class _Handler(BaseHTTPRequestHandler):
         payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": verdict}}]}
         self._send(200, json.dumps(payload).encode())
 
-    def _send(self, code, data):
+    def _send(self, code, data, headers=None):
         self.send_response(code)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
@@ -85,6 +91,7 @@ def server():
     srv.daemon_threads = True
     srv.lock = threading.Lock()
     srv.requests = []
+    srv.times = {}
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
@@ -180,6 +187,18 @@ def test_retry_recovers_from_transient_500(server):
     assert fn([BATCH[0]], options=[OPTS]) == [1.0]
     assert count(server, "flaky") - before == 2
     assert fn.stats["failures"] == 0 and fn.stats["requests"] == 2
+
+
+def test_retry_after_is_honoured(server):
+    """A 429 with Retry-After: the client waits what the server asks (not its own 0.01 s backoff); a
+    Retry-After beyond a minute is not waited for."""
+    fn = judge(server, "busy", timeout=2)
+    assert fn([resp("The answer is B.", "B")], options=[OPTS]) == [1.0]
+    first, second = server.times["busy"]
+    assert second - first >= 0.3
+    fn = judge(server, "overloaded", timeout=2)
+    assert fn([resp("The answer is B.", "B")], options=[OPTS]) == [None]
+    assert count(server, "overloaded") == 1
 
 
 def test_malformed_json(server):
