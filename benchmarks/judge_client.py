@@ -3,7 +3,7 @@
 once, so that only the client's own cost is timed. Alternates the two round by round; prints and writes
 JSON (default benchmarks/results/judge_client.json).
 
-    python benchmarks/judge_client.py [--requests 1500] [--concurrency 8] [--rounds 3] [--out FILE]
+    pip install openai && python benchmarks/judge_client.py [--requests 1500] [--concurrency 8] [--rounds 3] [--out FILE]
 
 A real judge (a 32B model behind vLLM) answers in tens to hundreds of milliseconds, so the client's cost
 matters only as CPU taken from the trainer's process; this measures that cost.
