@@ -141,3 +141,28 @@ def test_options_in_natural_order_with_gold_at_drawn_letter():
     for i, ex in enumerate(shapes.generate_examples("train", 64)):
         assert tuple(ex["options"]) in orders
         assert ex["answer"] == shapes.LETTERS[(i // 4) % 4]
+
+
+def test_implied_option_reads_the_facts_of_every_reasoning_template():
+    """The option a reasoning's facts imply is the one it was written toward, for every family, every
+    option and both wordings: the measure reads what the templates state."""
+    for ex in shapes.generate_examples("eval", 64, seed=5):
+        for k in range(len(ex["options"])):
+            for seed in (0, 1):
+                cot = shapes.cot_for(ex, "ABCD"[k], seed=seed)
+                assert shapes.implied_option(ex["question"], ex["options"], cot) == k, cot
+
+
+def test_implied_option_ignores_the_stated_conclusion_and_refuses_to_guess():
+    q, opts = "How many red objects are there?", ["0", "1", "2", "3"]
+    drifted = "Objects by colour: blue objects 1, red objects 3. There are 3 red objects. So the answer is (B) 1."
+    assert shapes.implied_option(q, opts, drifted) == 3  # the tally says 3, whatever the conclusion says
+    assert shapes.implied_option(q, opts, "So the answer is (B) 1.") is None  # no facts
+    assert shapes.implied_option(q, opts, "Objects by colour: red objects 3, red objects 2.") is None  # ambiguous
+    assert shapes.implied_option(q, opts, "Objects by colour: red objects 7.") is None  # not an option
+    extreme = "Which colour has the most objects?"
+    tie = "Counting by colour: red 2, green 2, blue 0, yellow 1. Red has the most."
+    assert shapes.implied_option(extreme, ["red", "green", "blue", "yellow"], tie) is None
+    where = "Where is the red circle relative to the blue square?"
+    cells = "Rows: red circle 1, blue square 1. Columns: red circle 3, blue square 1. The red circle is left of the blue square."
+    assert shapes.implied_option(where, ["left of", "right of", "above", "below"], cells) == 1  # column 3 is right of 1

@@ -319,6 +319,60 @@ def solve(scene: dict, question: str) -> str:
 
 
 # --------------------------------------------------------------------------
+# what a reasoning's stated facts imply (reasoning validity)
+
+
+def _stated_count(name: str, text: str) -> int | None:
+    """The number stated right after `name` ("red circles 2"); None when absent or stated twice differently."""
+    found = {int(n) for n in re.findall(rf"\b{re.escape(name)} (\d+)\b", text, re.I)}
+    return found.pop() if len(found) == 1 else None
+
+
+def implied_option(question: str, options: list[str], think: str) -> int | None:
+    """The index of the option that the facts stated in `think` imply, applying the question to them:
+    the asked entry of a tally (count), the one value a tally counts at all (colour or shape of an
+    object), the relation of two stated cells (position), the extreme of stated per-colour counts
+    (compare). Only the facts are read, not the stated conclusion ("So the answer is (B)"): comparing the
+    two says whether the reasoning follows from its own premises. None when the think states no usable
+    facts, states them ambiguously, or implies a value that is not an option."""
+    body = _CONCLUSION.sub(" ", think or "")
+
+    def index_of(value) -> int | None:
+        return options.index(value) if value is not None and value in options else None
+
+    if _Q_COUNT.match(question) or _Q_COLOR_OF.match(question) or _Q_SHAPE_OF.match(question):
+        _, key, asked, color, shape = _tally_spec(question)
+        values = COLORS if key == "colour" else SHAPES
+        tally = {v: _stated_count(_tally_name(key, v, color, shape), body) for v in values}
+        if _Q_COUNT.match(question):
+            n = tally[asked]
+            return index_of(None if n is None else str(n))
+        present = [v for v, n in tally.items() if n]
+        return index_of(present[0]) if len(present) == 1 else None
+    if m := _Q_WHERE.match(question):
+        a, b = f"{m.group(1)} {m.group(2)}", f"{m.group(3)} {m.group(4)}"
+        rows, cols = re.search(r"\b(?:Rows|By row):([^.]*)\.", body), re.search(r"\b(?:Columns|By column):([^.]*)\.", body)
+        if rows is None or cols is None:
+            return None
+        cells = [(_stated_count(x, rows.group(1)), _stated_count(x, cols.group(1))) for x in (a, b)]
+        if any(n is None for cell in cells for n in cell):
+            return None
+        try:
+            relation = _relation({"row": cells[0][0], "col": cells[0][1]}, {"row": cells[1][0], "col": cells[1][1]})
+        except ValueError:
+            return None
+        return index_of(relation)
+    if m := _Q_EXTREME.match(question):
+        counts = {c: _stated_count(c, body) for c in COLORS}
+        if any(n is None for n in counts.values()):
+            return None
+        best = (max if m.group(1) == "most" else min)(counts.values())
+        extremes = [c for c, n in counts.items() if n == best]
+        return index_of(extremes[0]) if len(extremes) == 1 else None
+    return None
+
+
+# --------------------------------------------------------------------------
 # reading a scene back from pixels
 
 
