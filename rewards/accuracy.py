@@ -3,7 +3,8 @@ free-form gold answer)."""
 
 from __future__ import annotations
 
-from rewards.parsing import column, free_form_match, resolve_gold, resolve_option, response_text, split_response
+from rewards.options import resolve_gold
+from rewards.parsing import column, free_form_match, resolve_option, response_text, split_response
 
 __all__ = ["accuracy_reward"]
 
@@ -11,7 +12,7 @@ __all__ = ["accuracy_reward"]
 def accuracy_reward(completions, answer, options=None, think_prefix=None, **kwargs) -> list[float | None]:
     """1.0 when the response's single ``<answer>`` block resolves to exactly one
     option and that option is the gold one, else 0.0; ``None`` when the gold
-    answer cannot be read. Without options (free-form), the answer block is
+    answer cannot be read (the gold rule of :mod:`rewards.options`). Without options (free-form), the answer block is
     compared to the gold text after normalisation, and numbers/LaTeX through
     math-verify.
     """

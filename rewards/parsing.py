@@ -11,16 +11,21 @@ Public helpers (used by the rewards, the evaluator and the judge):
 - :func:`resolve_option` — the option index that an answer string names, or ``None``
 - :func:`think_conclusion` — the option index of the think's last explicit conclusion
 - :func:`think_conclusion_text` — the free-form text of that last conclusion
-- :func:`normalize_text` — case-folded, whitespace-normalised text
+- :func:`normalize_text` — case-folded, whitespace-normalised text (from :mod:`rewards.options`)
+- :func:`resolve_gold` — the gold option's index by the gold rule of :mod:`rewards.options`, or ``None``
 - :func:`free_form_match` — free-form equality (normalised text, then numbers/LaTeX)
 """
 
 from __future__ import annotations
 
-import operator
 import re
 import threading
 from functools import lru_cache
+
+# The option letters, option-text normalisation and the gold rule live in rewards.options (one rule for
+# the adapters, the perturbations and the rewards); imported here so these names stay where they were.
+from rewards.options import LETTERS, normalize_text, resolve_gold
+from rewards.options import options_info as _info
 
 __all__ = [
     "LETTERS",
@@ -35,8 +40,6 @@ __all__ = [
     "normalize_text",
     "free_form_match",
 ]
-
-LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 # Any think/answer tag, in any letter case: odd-case tags still count as tags, so
 # "<ANSWER>A</ANSWER><answer>B</answer>" is two answer blocks, not one.
@@ -89,18 +92,6 @@ def column(values, i):
     if isinstance(values, (str, bytes)):  # a scalar passed for every row
         return values
     return values[i] if i < len(values) else None
-
-
-_STRIP_CHARS = " \t\r\n*`\"'"
-
-
-def normalize_text(text: str) -> str:
-    """Case-folded, whitespace-collapsed text without surrounding quotes, markdown
-    emphasis or a trailing full stop."""
-    s = " ".join(text.split()).casefold().strip(_STRIP_CHARS)
-    while s.endswith("."):
-        s = s[:-1].rstrip(_STRIP_CHARS)
-    return s
 
 
 # ---------------------------------------------------------------------- structure
@@ -189,36 +180,6 @@ def is_well_formatted(text: str) -> bool:
 _LETTER_ONLY_RE = re.compile(r"\(([A-Z])\)[.:]?|([A-Z])[.:)]?")
 # "B. text", "B: text", "B) text", "(B) text", "(B): text" — letter plus its text.
 _LETTER_TEXT_RE = re.compile(r"(?:\(([A-Z])\)[.:]?|([A-Z])[.:)])\s*(\S.*)", re.DOTALL)
-# An option text that carries its own letter, e.g. options stored as "B. red".
-_OPTION_PREFIX_RE = re.compile(r"\(?([A-Z])[.:)]\s+|\(([A-Z])\)\s*")
-
-
-@lru_cache(maxsize=4096)
-def _options_info(options: tuple) -> tuple[int, tuple[str, ...], dict[str, int]]:
-    """(number of options, normalised texts, normalised text -> index; -1 when two
-    options share a text)."""
-    norms = []
-    for i, opt in enumerate(options):
-        s = str(opt)
-        m = _OPTION_PREFIX_RE.match(s.strip())
-        if m is not None and (m.group(1) or m.group(2)) == LETTERS[i % 26] and m.end() < len(s.strip()):
-            s = s.strip()[m.end() :]
-        norms.append(normalize_text(s))
-    lookup: dict[str, int] = {}
-    for i, s in enumerate(norms):
-        if not s:
-            continue
-        lookup[s] = -1 if s in lookup else i
-    return len(options), tuple(norms), lookup
-
-
-def _info(options):
-    if not options:
-        return None
-    try:
-        return _options_info(tuple(options))
-    except TypeError:  # unhashable option entries
-        return _options_info(tuple(str(o) for o in options))
 
 
 def resolve_option(text: str | None, options) -> int | None:
@@ -254,23 +215,6 @@ def resolve_option(text: str | None, options) -> int | None:
         if idx < n and norms[idx] and normalize_text(m.group(3)) == norms[idx]:
             return idx
     return None
-
-
-def resolve_gold(gold, options) -> int | None:
-    """Index of the gold option: a letter (or decorated letter), an option text,
-    or an integer index. ``None`` when it cannot be read."""
-    if gold is None or isinstance(gold, bool):
-        return None
-    info = _info(options)
-    if info is None:
-        return None
-    if not isinstance(gold, str):
-        try:
-            index = operator.index(gold)  # int, numpy integer
-        except TypeError:
-            return None
-        return index if 0 <= index < info[0] else None
-    return resolve_option(gold, options)
 
 
 # --------------------------------------------------------------- think conclusion

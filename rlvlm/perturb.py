@@ -13,6 +13,9 @@ import hashlib
 import random
 import re
 
+from rewards.options import GoldError, letters
+from rewards.options import gold_letter as _canonical_gold_letter
+
 CONDITIONS = (
     "base",
     "stop_think",
@@ -56,7 +59,7 @@ _YES_NO = {"yes": "no", "no": "yes"}
 
 
 def _letters(n: int) -> str:
-    return "".join(chr(ord("A") + i) for i in range(n))
+    return letters(n)
 
 
 def _example_key(example: dict) -> str:
@@ -73,21 +76,12 @@ def _options(example: dict) -> list[str]:
 
 
 def gold_letter(example: dict) -> str:
-    """The gold option letter of a multiple-choice example (ValueError if unreadable)."""
-    options = _options(example)
-    answer = str(example.get("answer", "")).strip()
-    letters = _letters(len(options))
-    m = re.fullmatch(r"\(?([A-Za-z])[).:]?", answer)
-    if m and m.group(1).upper() in letters:
-        return m.group(1).upper()
-    norm = " ".join(answer.lower().split())
-    hits = [letters[i] for i, o in enumerate(options) if " ".join(str(o).lower().split()) == norm]
-    if len(hits) == 1:
-        return hits[0]
-    raise ValueError(
-        f"example {_example_key(example)!r}: answer {example.get('answer')!r} is neither an option "
-        f"letter in {letters!r} nor exactly one option's text"
-    )
+    """The gold option letter of a multiple-choice example, by the one gold rule of
+    ``rewards.options`` (ValueError if unreadable)."""
+    try:
+        return _canonical_gold_letter(example.get("answer"), _options(example))
+    except GoldError as e:
+        raise ValueError(f"example {_example_key(example)!r}: {e}") from None
 
 
 def _wrong_free_form(answer: str, rng: random.Random, example: dict) -> str:

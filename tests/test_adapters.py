@@ -497,3 +497,15 @@ def test_recipe_data_section(cv_bench_file, sat_file):
         build_recipe({"data": {"train": {"name": "sat", "on_bad_row": "ignore"}}})
     with pytest.raises(RecipeError, match="hub_idd"):
         build_recipe({"data": {"train": {"name": "sat", "hub_idd": "x"}}})
+
+
+def test_custom_gold_read_by_the_one_rule(tmp_path):
+    """A lower-case letter is its option (as the reward and the perturbations read it); an example the
+    rewards cannot letter (more than 26 options) is a bad row."""
+    (tmp_path / "a.png").write_bytes(png("red"))
+    rows = [{"id": "lower", "image": "a.png", "question": "Color?", "options": ["red", "blue"], "answer": "b"},
+            {"id": "paren", "image": "a.png", "question": "Color?", "options": ["red", "blue"], "answer": "(a)"},
+            {"id": "many", "image": "a.png", "question": "N?", "options": [str(i) for i in range(27)], "answer": "A"}]
+    path = write_json(tmp_path / "mine.jsonl", rows, lines=True)
+    exs = {e["id"]: e["answer"] for e in load_examples(spec("custom", path=path, image_root=str(tmp_path)))}
+    assert exs == {"custom-lower": "B", "custom-paren": "A"}

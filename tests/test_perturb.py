@@ -223,3 +223,16 @@ def test_augment_falls_back_to_base_when_impossible():
     ex = generic(answer="a tabby cat", options=[])
     out = augment(ex, {"wrong_caption": 1.0}, 0, 0)
     assert out["condition"] == "base"
+
+
+def test_gold_is_read_by_the_one_rule():
+    """rewards.options' gold rule: an upper-case letter, then an option's text, then a lower-case letter;
+    an integer is an index."""
+    from rlvlm.perturb import gold_letter
+
+    assert perturb(generic(answer="b"), "correct_think", seed=0)["target"] == "B"
+    assert perturb(generic(answer=2), "correct_think", seed=0)["target"] == "C"
+    assert gold_letter(generic(answer="b", options=["b", "c"])) == "A"
+    assert gold_letter(generic(answer="dog")) == "B"
+    with pytest.raises(ValueError, match="generic-1.*not among options"):
+        gold_letter(generic(answer="Z"))

@@ -359,3 +359,85 @@ def test_linear_time_on_adversarial_input():
     accuracy_reward([big], answer=["B"], options=[OPTS])
     format_reward([big])
     assert time.perf_counter() - t0 < 2.0
+
+
+# ------------------------------------------------------------------ the gold rule (rewards.options)
+
+GOLD_FORMS = ["B", "(B)", "B.", "B)", "B:", "**B**", "b", "(b)", "blue", "  BLUE ", "Blue.", "B. blue", "B: Blue",
+              "(B) blue", "B blue", 1]
+
+
+@pytest.mark.parametrize("gold", GOLD_FORMS)
+def test_one_gold_rule_for_adapters_perturb_and_reward(gold):
+    """Every reader of a gold answer (the adapters, the perturbations, the accuracy reward, the
+    evaluator's scoring) names the same option: a gold "b" is B everywhere."""
+    from rewards.options import gold_letter
+    from rlvlm.data.adapters import gold_letter as adapter_gold
+    from rlvlm.evaluation.scoring import score
+    from rlvlm.perturb import gold_letter as perturb_gold
+
+    assert gold_letter(gold, OPTS) == "B"
+    assert adapter_gold(OPTS, gold) == "B"
+    assert perturb_gold({"id": "x", "options": OPTS, "answer": gold}) == "B"
+    assert acc(resp("x", "B"), gold=gold) == 1.0
+    item = {"dataset": "d", "id": "x", "answer": gold, "options": OPTS, "prompt": []}
+    assert score([item], [resp("x", "B")], [[0.1, 0.6, 0.2, 0.1]])[0]["gold"] == "B"
+
+
+@pytest.mark.parametrize("gold, options, letter", [
+    ("b", ["b", "c"], "A"),  # an option's text comes before a lower-case letter
+    ("B", ["B", "x"], "B"),  # an upper-case letter comes before an option's text
+    ("E", ["E", "F"], "A"),  # a letter outside the options may be an option's text
+    ("A. red", ["A. red", "B. blue"], "A"),  # options stored with their own letter
+])
+def test_gold_rule_precedence(gold, options, letter):
+    from rewards.options import gold_letter
+    from rlvlm.data.adapters import gold_letter as adapter_gold
+
+    assert gold_letter(gold, options) == letter == adapter_gold(options, gold)
+
+
+@pytest.mark.parametrize("gold, reason", [
+    (None, "no gold answer"), ("", "no gold answer"), (True, "no gold answer"), ("E", "not among options ABCD"),
+    (4, "index 4 not among 4 options"), ("purple", "not among options"), ("B. red", "disagrees with option B"),
+])
+def test_unreadable_gold_says_why(gold, reason):
+    from rewards.options import GoldError, gold_index, resolve_gold
+
+    with pytest.raises(GoldError, match=reason):
+        gold_index(gold, OPTS)
+    assert resolve_gold(gold, OPTS) is None
+
+
+def test_gold_rule_strict_mode_and_shared_texts():
+    from rewards.options import GoldError, gold_index
+
+    with pytest.raises(GoldError, match="ambiguous: the text of several options"):
+        gold_index("red", ["red", "blue", "red"])
+    assert gold_index("C", ["red", "blue", "red"]) == 2
+    with pytest.raises(GoldError, match=r"duplicate option 'red' \(options A and C\)"):
+        gold_index("C", ["red", "blue", "red"], strict=True)
+    with pytest.raises(GoldError, match="gold 2 is ambiguous: option B's text, or index 2"):
+        gold_index(2, ["1", "2", "3"], strict=True)
+    assert gold_index(2, ["1", "2", "3"]) == 2 and gold_index("2", ["1", "2", "3"]) == 1
+
+
+def test_check_example():
+    from rewards.options import check_example
+
+    check_example({"options": ["a", "b"], "answer": "B"})
+    check_example({"options": [], "answer": "12"})
+    for bad in ({"options": ["a", "b"], "answer": "C"}, {"options": ["a", "b"], "answer": "AB"},
+                {"options": ["a", "b"], "answer": "b"}, {"options": ["a", ""], "answer": "A"},
+                {"options": [str(i) for i in range(27)], "answer": "A"}, {"options": [], "answer": " "}):
+        with pytest.raises(ValueError):
+            check_example(bad)
+
+
+def test_one_letters_constant():
+    import rewards.options
+    import rewards.parsing
+    from rlvlm.data import adapters
+
+    assert rewards.parsing.LETTERS is rewards.options.LETTERS
+    assert adapters.LETTERS == rewards.options.LETTERS[:10]

@@ -44,11 +44,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from rewards.options import GoldError, check_example
+from rewards.options import LETTERS as OPTION_LETTERS
+from rewards.options import gold_letter as _canonical_gold_letter
 from rlvlm.recipe import DatasetSpec, RecipeError
 
 log = logging.getLogger("rlvlm.data")
 
-LETTERS = "ABCDEFGHIJ"
+LETTERS = OPTION_LETTERS[:10]  # the option columns / inline options a source may store: A to J
 MAX_LOGGED_IDS = 5
 CANONICAL_COLUMNS = ("id", "image", "images", "question", "options", "answer")
 
@@ -143,39 +146,21 @@ def letter_columns(raw: dict, letters: str = LETTERS) -> list[str]:
     return options
 
 
-_LETTER_ANSWER = re.compile(r"^\(?([A-J])\)?(?:[.:)]\s*|\s+|$)(.*)$", re.S)
-
-
 def _norm(text: str) -> str:
     return " ".join(str(text).lower().split()).rstrip(".")
 
 
-def gold_letter(options: list[str], answer: Any) -> str:
-    """The gold option letter from a letter (`B`, `(B)`, `B.`, `B. text`), an index or an option text."""
-    if not options:
-        raise BadRow("no options for a multiple-choice question")
-    letters = LETTERS[: len(options)]
-    if isinstance(answer, bool) or _missing(answer):
-        raise BadRow("no gold answer")
-    if isinstance(answer, int):
-        if 0 <= answer < len(options):
-            return letters[answer]
-        raise BadRow(f"gold index {answer} not among {len(options)} options")
-    text = str(answer).strip()
-    m = _LETTER_ANSWER.match(text)
-    if m and not m.group(2).strip():  # a bare letter: B, (B), B., B)
-        if m.group(1) in letters:
-            return m.group(1)
-        raise BadRow(f"gold {text!r} not among options {letters}")
-    hits = [letters[i] for i, o in enumerate(options) if _norm(o) == _norm(text)]
-    if len(hits) == 1:
-        return hits[0]
-    if m and m.group(1) in letters:  # a letter with its text: "B. right"
-        letter, rest = m.group(1), m.group(2).strip()
-        if _norm(rest) == _norm(options[letters.index(letter)]):
-            return letter
-        raise BadRow(f"gold {text!r} disagrees with option {letter} ({options[letters.index(letter)]!r})")
-    raise BadRow(f"gold {text!r} not among options")
+def gold_letter(options: list[str], answer: Any, strict: bool = False) -> str:
+    """The gold option letter, by the one gold rule of `rewards.options` (a letter `B`, `(B)`, `b`,
+    `B. text`, an index, or an option's text); BadRow saying why when it names no option. `strict`
+    (custom sets): options must be distinct, and an answer that reads two ways is refused."""
+    try:
+        return _canonical_gold_letter(answer, options, strict=strict)
+    except GoldError as e:
+        reason = str(e)
+        if options and _missing(answer) and not reason.startswith("duplicate option"):
+            reason = "no gold answer"  # also "nan", "null": a null as the source wrote it
+        raise BadRow(reason) from None
 
 
 _OPTION_LINE = re.compile(r"^\s*\(?([A-J])[).:]\s*(.+?)\s*$")
@@ -229,6 +214,10 @@ def example(row: Row, image, question: str, options: list[str], answer: str) -> 
     if row.adapter.multiple_choice and not options:
         raise BadRow("no options for a multiple-choice question")
     ex.update(question=question, options=list(options), answer=str(answer), source=row.adapter.name)
+    try:
+        check_example(ex)
+    except ValueError as e:
+        raise BadRow(str(e)) from None
     return ex
 
 
@@ -582,20 +571,8 @@ def custom_columns(spec: DatasetSpec) -> dict[str, str | list[str]]:
 def custom_gold(options: list[str], answer: Any) -> str:
     """The gold letter of a custom row: as `gold_letter` reads it, once the options are known to be
     distinct, and with an answer that reads two ways (an index or a letter that is also another option's
-    text) named instead of guessed."""
-    seen: dict[str, int] = {}
-    for i, option in enumerate(options):
-        if _norm(option) in seen:
-            raise BadRow(f"duplicate option {option!r} (options {LETTERS[seen[_norm(option)]]} and {LETTERS[i]})")
-        seen[_norm(option)] = i
-    letters = LETTERS[: len(options)]
-    as_text = seen.get(_norm(answer)) if not isinstance(answer, bool) and not _missing(answer) else None
-    gold = gold_letter(options, answer)
-    if as_text is not None and letters[as_text] != gold:
-        how = f"index {answer}" if isinstance(answer, int) else f"letter {gold}"
-        raise BadRow(f"gold {answer!r} is ambiguous: option {letters[as_text]}'s text, or {how} "
-                     f"(option {gold}, {options[letters.index(gold)]!r}); give the letter")
-    return gold
+    text) named instead of guessed (`rewards.options.gold_index`'s strict mode)."""
+    return gold_letter(options, answer, strict=True)
 
 
 def check_custom_columns(spec: DatasetSpec, columns: set[str] | list[str], where: str) -> None:

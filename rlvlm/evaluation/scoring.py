@@ -17,7 +17,8 @@ def load_scorer(section):
 def score(items: list[dict], completions: list[str], probs: list[list[float]], scorer=None) -> list[dict]:
     """Per-example records: response, parsed think/answer, correct, consistent, option probabilities."""
     from rewards.accuracy import accuracy_reward
-    from rewards.parsing import LETTERS, is_well_formatted, resolve_gold, resolve_option, split_response
+    from rewards.options import LETTERS, resolve_gold
+    from rewards.parsing import is_well_formatted, resolve_option, split_response
     from rlvlm.metrics import option_entropy
 
     if scorer is None:
@@ -40,6 +41,7 @@ def score(items: list[dict], completions: list[str], probs: list[list[float]], s
         think, answer = split_response(response)
         gold = resolve_gold(it["answer"], opts) if opts else None
         pred = resolve_option(answer, opts) if opts else None
+        implied, valid = reasoning_validity(it, think)
         records.append(
             {
                 "dataset": it["dataset"],
@@ -58,6 +60,24 @@ def score(items: list[dict], completions: list[str], probs: list[list[float]], s
                 "p_correct": float(p[gold]) if p and gold is not None and gold < len(p) else 0.0,
                 "option_entropy": option_entropy(p) if p else None,
                 "own_think": own_think(prefix, think),
+                "implied": LETTERS[implied] if implied is not None else None,
+                "reasoning_valid": valid,
             }
         )
     return records
+
+
+def reasoning_validity(item: dict, think: str | None) -> tuple[int | None, bool | None]:
+    """(the option the think's stated facts imply, whether its stated conclusion is that option), by the
+    dataset's reader (`rlvlm.data.reasoning_reader`); (None, None) for a dataset without one. A think
+    without usable facts or without a conclusion is not valid."""
+    from rewards.parsing import think_conclusion
+    from rlvlm.data import reasoning_reader
+
+    reader = reasoning_reader(item.get("source"))
+    options = item.get("options")
+    if reader is None or not options or not item.get("question"):
+        return None, None
+    implied = reader(item["question"], options, think or "")
+    concluded = think_conclusion(think, options) if think else None
+    return implied, implied is not None and implied == concluded
