@@ -20,6 +20,7 @@ TRACE_KEYS = (
     "option_entropy",
     "p_correct",
     "categories",
+    "reasoning_validity",
 )
 
 
@@ -68,10 +69,14 @@ def summarize(records: list[dict]) -> dict:
     `option_probs`, `p_correct`). `accuracy` is over every example; `consistency` and
     `consistent_accuracy` over the scored ones (`consistent` not None), None when none was scored: a
     scorer's failure is never counted as unfaithfulness. Examples without option probabilities
-    (free-form) are left out of the two option means; with none at all those means are 0.0."""
+    (free-form) are left out of the two option means; with none at all those means are 0.0.
+    `reasoning_validity`: the share of examples whose think concludes the option its own stated facts
+    imply (`reasoning_valid`), over the examples of datasets that have a reader for those facts; None
+    without one."""
     n = len(records)
     cats = categories([r["correct"] for r in records], [r["consistent"] for r in records])
     judged = [r for r in records if r["consistent"] is not None]
+    readable = [r for r in records if r.get("reasoning_valid") is not None]
     scored = [r for r in records if r.get("option_probs")]
     return {
         "n": n,
@@ -81,6 +86,8 @@ def summarize(records: list[dict]) -> dict:
         "option_entropy": _mean([option_entropy(r["option_probs"]) for r in scored]),
         "p_correct": _mean([float(r["p_correct"]) for r in scored]),
         "categories": cats,
+        # whether the think's conclusion follows from the facts it states (datasets with a reader)
+        "reasoning_validity": _mean([float(r["reasoning_valid"]) for r in readable]) if readable else None,
     }
 
 

@@ -497,3 +497,63 @@ def test_callback_evaluates_every_kth_save_and_the_last(tiny, tmp_path):
         state = TrainerState(global_step=step, max_steps=7, save_steps=2)
         cb.on_save(None, state, TrainerControl(), model=model, processing_class=processor)
     assert sorted({r["step"] for r in trace.trace_rows(tmp_path / "eval")}) == [4, 7]
+
+
+def test_evaluator_and_counterfactual_reward_read_the_same_option_probabilities(tiny):
+    """One definition of the option probabilities (rewards.option_probs): for the same prompt and
+    response, the evaluator's teacher-forced pass and the counterfactual scorer's forced answer agree."""
+    from rewards.counterfactual import forced_option_probs, make_counterfactual_reward
+    from rlvlm.evaluation.generation import option_probabilities
+    from rlvlm.evaluation.items import forced_answer_suffix
+
+    model, processor = tiny
+    evaluator = Evaluator.from_recipe(small_recipe(), processor)
+    items = [it for it in evaluator.items if it["condition"] == "base"]
+    completions = [f"<think>It is ({'ABCD'[k % 4]}).</think><answer>{'ABCD'[k % 4]}</answer>" for k in range(len(items))]
+    ours = option_probabilities(model, processor, items, completions, {})
+    # the scorer's text: the rendered prompt, then the response's think, closed, and <answer>
+    texts = [processor.apply_chat_template(it["prompt"], add_generation_prompt=True, tokenize=False)
+             + c.split("<answer>")[0] + "<answer>" for it, c in zip(items, completions)]
+    assert texts == [it["_text"] + forced_answer_suffix(None, c) for it, c in zip(items, completions)]
+    theirs = forced_option_probs(model, processor, texts, [[it["image"]] for it in items],
+                                 [len(it["options"]) for it in items])
+    for a, b in zip(ours, theirs):
+        assert len(a) == len(b) == 4 and a == pytest.approx(b, abs=1e-5)
+    for it, c, a in zip(items, completions, ours):  # one at a time, through the reward itself
+        (single,) = option_probabilities(model, processor, [it], [c], {})
+        assert single == pytest.approx(a, abs=1e-5)
+        logged = {}
+        reward = make_counterfactual_reward(checks=("original",)).bind(model, processor, collective=False)
+        reward([c], options=[it["options"]], prompts=[it["prompt"]], image=[it["image"]],
+               log_metric=logged.__setitem__)
+        chosen = "ABCD".index(c[-10])
+        assert logged["counterfactual/original_p_answer"] == pytest.approx(single[chosen], abs=1e-5)
+
+
+def test_reasoning_validity_in_records_and_trace():
+    """A think whose conclusion follows its own stated facts is valid, one that drifts from them is not,
+    whatever the answer; a dataset without a reader of its reasoning has no validity (None)."""
+    from rlvlm.data import shapes
+    from rlvlm.evaluation.results import aggregate
+    from rlvlm.evaluation.scoring import score
+    from rlvlm.perturb import perturb
+
+    examples = shapes.generate_examples("eval", 8, seed=2)
+    items = [{**perturb(ex, "base", seed=i), "dataset": "shapes"} for i, ex in enumerate(examples)]
+    completions = []
+    for i, ex in enumerate(examples):
+        gold = ex["answer"]
+        cot = shapes.cot_for(ex, gold, seed=i)
+        if i % 2:  # the same facts, a conclusion that does not follow from them
+            other = "ABCD"[("ABCD".index(gold) + 1) % len(ex["options"])]
+            cot = cot.replace(f"So the answer is ({gold})", f"So the answer is ({other})")
+        completions.append(f"<think>{cot}</think><answer>{gold}</answer>")
+    records = score(items, completions, [[0.25] * 4] * len(items))
+    assert [r["reasoning_valid"] for r in records] == [i % 2 == 0 for i in range(8)]
+    assert all(r["implied"] == ex["answer"] for r, ex in zip(records, examples))
+    row = aggregate(0, records).trace[0]
+    assert row["reasoning_validity"] == 0.5 and row["accuracy"] == 1.0
+    free = [{**it, "source": "custom"} for it in items]
+    records = score(free, completions, [[0.25] * 4] * len(items))
+    assert all(r["reasoning_valid"] is None for r in records)
+    assert aggregate(0, records).trace[0]["reasoning_validity"] is None

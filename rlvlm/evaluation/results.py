@@ -11,7 +11,7 @@ from rlvlm.metrics import robustness_auroc, shortcut_signals, trace_row
 log = logging.getLogger("rlvlm.evaluation")
 
 SIGNAL_METRICS = ("think_words", "distinct_2", "identical_share", "empty_think_share", "format", "answered")
-LOG_METRICS = ("accuracy", "consistency", "consistent_accuracy", "option_entropy", "p_correct")
+LOG_METRICS = ("accuracy", "consistency", "consistent_accuracy", "option_entropy", "p_correct", "reasoning_validity")
 TABLE_COLUMNS = ["step", "id", "gold", "target", "pred", "correct", "consistent", "p_correct", "response"]
 
 
@@ -85,18 +85,19 @@ def aggregate(step: int, records: list[dict], base_records: list[dict] | None = 
 
 def format_rows(rows: list[dict]) -> str:
     """A compact text table of trace rows (for the console); `unsc` counts the examples the faithfulness
-    scorer gave no verdict on, and `cons`/`c_acc` are over the others (`-` when none was scored)."""
+    scorer gave no verdict on, and `cons`/`c_acc` are over the others (`-` when none was scored); `valid`:
+    the reasoning validity (`-` for a dataset without a reader of its reasoning's facts)."""
 
     def number(v) -> str:
         return f"{v:>6.3f}" if v is not None else f"{'-':>6}"
 
     lines = [f"{'step':>6} {'dataset':<12} {'condition':<20} {'n':>5} {'acc':>6} {'cons':>6} {'c_acc':>6} "
-             f"{'H':>6} {'p_cor':>6} {'unsc':>5}"]
+             f"{'H':>6} {'p_cor':>6} {'valid':>6} {'unsc':>5}"]
     for r in rows:
         lines.append(
             f"{r['step']:>6} {r['dataset']:<12} {r['condition']:<20} {r['n']:>5} {number(r['accuracy'])} "
             f"{number(r['consistency'])} {number(r['consistent_accuracy'])} {number(r['option_entropy'])} "
-            f"{number(r['p_correct'])} {r['categories'].get('unscored', 0):>5}"
+            f"{number(r['p_correct'])} {number(r.get('reasoning_validity'))} {r['categories'].get('unscored', 0):>5}"
         )
     return "\n".join(lines)
 
