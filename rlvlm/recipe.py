@@ -59,6 +59,12 @@ class WarmStartSection(Section):
     # from a real model carries such blind spots; a verifiable reward is what corrects them.
     teacher_confusions: dict[str, dict[str, str]] = {}
     teacher_error_rate: float = Field(0.0, ge=0, le=1)
+    # Answers filtered right, reasoning not: distilled cold-start data is usually filtered on the final
+    # answer, so it holds right answers reached through wrong reasoning. Of the confused rows, this share
+    # keeps the gold answer after the reasoning that argues the confused option: the model gets an
+    # image-to-answer path besides copying its own conclusion, so that outcome-only RL can raise
+    # accuracy while the reasoning stays wrong (consistency falls), which a faithfulness gate can pull back.
+    teacher_answer_kept: float = Field(0.0, ge=0, le=1)
 
     @field_validator("teacher_confusions")
     @classmethod

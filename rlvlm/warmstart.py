@@ -59,7 +59,11 @@ def sft_rows(section: WarmStartSection) -> list[dict]:
         # The target is the teacher's reasoning and answer, phrased independently of family and letter:
         # the gold ones unless the section names confusions for the teacher.
         letter = teacher_letter(ex, section, rng)
-        completion = [{"role": "assistant", "content": response_for(ex, letter, seed=i // 16)}]
+        response = response_for(ex, letter, seed=i // 16)
+        if letter != ex["answer"] and section.teacher_answer_kept and rng.random() < section.teacher_answer_kept:
+            # the answer survived the filter, the reasoning toward the confused option did not get checked
+            response = response.replace(f"<answer>{letter}</answer>", f"<answer>{ex['answer']}</answer>")
+        completion = [{"role": "assistant", "content": response}]
         rows.append({"prompt": prompt, "completion": completion, "images": [ex["image"]]})
     return rows
 
@@ -132,7 +136,10 @@ WARM_START_VERSION = 5  # bump when the SFT data or the vision pre-training chan
 
 
 def warm_start_dir(base: Path, section: WarmStartSection) -> Path:
-    key = json.dumps({"base": base.name, "version": WARM_START_VERSION, **section.model_dump()}, sort_keys=True)
+    fields = section.model_dump()
+    if not fields["teacher_answer_kept"]:
+        del fields["teacher_answer_kept"]  # added later: its default leaves the caches built before it valid
+    key = json.dumps({"base": base.name, "version": WARM_START_VERSION, **fields}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return base.parent / f"{base.name}-sft-{digest}"
 

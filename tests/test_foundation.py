@@ -185,6 +185,35 @@ def test_a_confused_teacher_answers_the_option_it_confuses_with_reasoning_that_i
         WarmStartSection(n_examples=64))  # teacher_error_rate defaults to 0: a perfect teacher
     with pytest.raises(ValueError, match="keyed by shapes family"):
         WarmStartSection(teacher_confusions={"yellow": {"yellow": "green"}})
+
+
+def test_a_teacher_filtered_on_answers_keeps_gold_answers_after_wrong_reasoning():
+    """teacher_answer_kept: of the confused rows, that share keeps the gold answer while the reasoning
+    argues the confused option (the think contradicts the answer: consistency 0, the answer correct)."""
+    from rewards.accuracy import accuracy_reward
+    from rewards.faithfulness import consistency_reward
+    from rlvlm.warmstart import sft_rows, warm_start_dir
+
+    n = 800
+    confusions = {"compare": {"yellow": "green"}}
+    section = WarmStartSection(n_examples=n, captions={}, teacher_confusions=confusions, teacher_error_rate=1.0,
+                               teacher_answer_kept=0.5)
+    kept = drifted = 0
+    for row, ex in zip(sft_rows(section), shapes.generate_examples("train", n)):
+        if (ex["family"], ex["options"][ord(ex["answer"]) - ord("A")]) != ("compare", "yellow"):
+            continue
+        completion = [row["completion"]]
+        think = row["completion"][0]["content"].split("<think>")[1].split("</think>")[0]
+        assert shapes.implied_option(ex["question"], ex["options"], think) == ex["options"].index("green")
+        if accuracy_reward(completion, [ex["answer"]], options=[ex["options"]]) == [1.0]:
+            kept += 1
+            assert consistency_reward(completion, options=[ex["options"]]) == [0.0]
+        else:
+            drifted += 1
+    assert kept > 15 and drifted > 15 and abs(kept / (kept + drifted) - 0.5) < 0.2
+    base = Path("/tmp/tiny")
+    assert warm_start_dir(base, WarmStartSection()) == warm_start_dir(base, WarmStartSection(teacher_answer_kept=0.0))
+    assert warm_start_dir(base, WarmStartSection()) != warm_start_dir(base, WarmStartSection(teacher_answer_kept=0.5))
     with pytest.raises(ValueError, match="yelow is not an option of compare questions"):
         WarmStartSection(teacher_confusions={"compare": {"yelow": "green"}})
 
