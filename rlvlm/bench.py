@@ -221,11 +221,12 @@ def save_steps(settings: Settings) -> int:
 def full_batch_seconds(scorer, n: int = 32) -> float:
     """The scorer's time on a worst-case batch: `n` well-formed completions with `n` distinct CoTs
     (nothing deduplicated), i.e. what it adds once the policy writes parsable responses every time."""
+    from rewards.options import LETTERS
     from rlvlm.data import shapes
     from rlvlm.perturb import perturb
 
     examples = shapes.generate_examples("train", n, seed=123)
-    letters = ["ABCD"[i % len(ex["options"])] for i, ex in enumerate(examples)]
+    letters = [LETTERS[i % len(ex["options"])] for i, ex in enumerate(examples)]
     completions = [f"<think>{shapes.cot_for(ex, x, seed=i)}</think><answer>{x}</answer>"
                    for i, (ex, x) in enumerate(zip(examples, letters))]
     columns = {
@@ -312,12 +313,13 @@ FILLER = [
 def synthetic_completion(rng: random.Random) -> tuple[object, str, list[str], str | None]:
     """One varied completion (well-formed, malformed, reward-hacking, think-prefixed, conversational)
     with its gold letter, options and think prefix."""
+    from rewards.options import LETTERS as L
+
     n_opt = rng.choice([2, 3, 4, 4, 5])
     opts = rng.sample(COLOURS, n_opt) if rng.random() < 0.7 else [f"{k} {rng.choice(SHAPES)}s" for k in rng.sample(range(1, 9), n_opt)]
     gold = rng.randrange(n_opt)
     pick = gold if rng.random() < 0.6 else rng.randrange(n_opt)
     concl = pick if rng.random() < 0.7 else rng.randrange(n_opt)
-    L = "ABCDE"
     reasoning = " ".join(rng.choices(FILLER, k=rng.randint(1, 6)))
     concl_form = rng.choice(
         [f"So the answer is {L[concl]}.", f"Answer: ({L[concl]})", f"I pick option {L[concl]}.",
