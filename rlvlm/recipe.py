@@ -2,12 +2,16 @@
 
 Top-level keys are either rlvlm's own sections (`model`, `warm_start`, `data`, `rewards`,
 `augmentation`, `evaluation`) or `trl.GRPOConfig` fields, which pass straight through to TRL.
-Command-line overrides `--key value` (dotted for sections: `--model.name ID`) are applied on top.
-Every problem is reported as a `RecipeError` before any model is built.
+A recipe may start from another: `base: PATH` (relative to the file that names it) reads that recipe
+first and lays this one over it by `merge`'s rule (a section's mappings merge key by key, anything else
+replaces); a base may have a base of its own, and a cycle is an error naming the files. Command-line
+overrides `--key value` (dotted for sections: `--model.name ID`) are applied on top. Every problem is
+reported as a `RecipeError` before any model is built.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -321,7 +325,8 @@ def _grpo_fields() -> dict[str, Any]:
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(GRPOConfig) if f.init}
 
 
-def _unknown_key(key: str, valid: list[str], where: str) -> RecipeError:
+def unknown_key(key: str, valid: list[str], where: str) -> RecipeError:
+    """The error for a key that is not one of `valid`, with the closest valid one as a hint."""
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     hint = f" Did you mean '{close[0]}'?" if close else ""
     return RecipeError(f"Unknown key '{key}' in {where}.{hint}")
@@ -365,8 +370,9 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
 
 
 def set_dotted(raw: dict, key: str, value: Any, top: bool = True) -> None:
-    """`--data.train.n 16`: the first part names a section, deeper parts nested mappings in it (the
-    section's validation then rejects any key it does not know)."""
+    """`--data.train.n 16`: `value` replaces whatever is at the key's path (a mapping too). The first part
+    names a section, deeper parts nested mappings in it (the section's validation then rejects any key
+    it does not know); a missing or null mapping on the way is created."""
     head, _, rest = key.partition(".")
     if not rest:
         raw[head] = value
@@ -374,7 +380,7 @@ def set_dotted(raw: dict, key: str, value: Any, top: bool = True) -> None:
     if top and head in LIST_SECTIONS:
         raise RecipeError(f"'{head}' is a list; override it as a whole, e.g. --{head} '[{{name: accuracy}}]'.")
     if top and head not in SECTIONS:
-        raise _unknown_key(head, sorted(SECTIONS), "the recipe's sections")
+        raise unknown_key(head, sorted(SECTIONS), "the recipe's sections")
     section = raw.setdefault(head, {}) or {}
     if not isinstance(section, dict):
         what = f"Section '{head}'" if top else f"'{head}'"
@@ -383,7 +389,8 @@ def set_dotted(raw: dict, key: str, value: Any, top: bool = True) -> None:
     set_dotted(section, rest, value, top=False)
 
 
-def _format_validation(where: str, error: ValidationError) -> str:
+def format_validation(where: str, error: ValidationError) -> str:
+    """A pydantic ValidationError as one line naming each bad key by its dotted place under `where`."""
     problems = []
     for item in error.errors():
         loc = ".".join(str(p) for p in item["loc"])
@@ -395,6 +402,38 @@ def _format_validation(where: str, error: ValidationError) -> str:
     return "; ".join(problems)
 
 
+def merge(raw: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
+    """Lays `layer`, a recipe mapping in its nested YAML form, over `raw` (in place) and returns `raw`.
+
+    The one rule by which recipe layers combine: a recipe over its `base:`, a sweep's common and then
+    per-configuration overrides over the sweep's base recipe. A section's mapping
+    (`evaluation: {max_new_tokens: 8}`) merges key by key, nested mappings in it too, and an empty
+    mapping clears what was there; anything else replaces: a GRPOConfig value (mappings such as
+    `gradient_checkpointing_kwargs` included), a list (`rewards`, `data.eval`), null. A dotted key
+    (`evaluation.max_new_tokens: 8`) sets that one path, as a command-line override does (`set_dotted`).
+    """
+    for key, value in layer.items():
+        value = copy.deepcopy(value)  # `raw` may be laid over again; it must not share a layer's objects
+        if key in SECTIONS and isinstance(value, dict):
+            for path, leaf in _leaves(key, value):
+                set_dotted(raw, path, leaf)
+        else:
+            set_dotted(raw, key, value)
+    return raw
+
+
+def _leaves(prefix: str, mapping: dict) -> list[tuple[str, Any]]:
+    if not mapping:
+        return [(prefix, {})]  # an empty mapping clears what was there
+    leaves = []
+    for key, value in mapping.items():
+        if isinstance(value, dict):
+            leaves += _leaves(f"{prefix}.{key}", value)
+        else:
+            leaves.append((f"{prefix}.{key}", value))
+    return leaves
+
+
 def _validate_section(name: str, cls: type[Section], value: Any) -> Section:
     if value is None:
         return cls()
@@ -402,11 +441,11 @@ def _validate_section(name: str, cls: type[Section], value: Any) -> Section:
         valid = list(cls.model_fields)
         for key in value:
             if key not in valid:
-                raise _unknown_key(f"{name}.{key}", [f"{name}.{k}" for k in valid], f"section '{name}'")
+                raise unknown_key(f"{name}.{key}", [f"{name}.{k}" for k in valid], f"section '{name}'")
     try:
         return cls.model_validate(value)
     except ValidationError as e:
-        raise RecipeError(f"Invalid recipe section '{name}': {_format_validation(name, e)}.") from None
+        raise RecipeError(f"Invalid recipe section '{name}': {format_validation(name, e)}.") from None
 
 
 def build_recipe(raw: dict[str, Any], path: Path | None = None) -> Recipe:
@@ -414,7 +453,7 @@ def build_recipe(raw: dict[str, Any], path: Path | None = None) -> Recipe:
     own = {"name", *SECTIONS, *LIST_SECTIONS}
     for key in raw:
         if key not in own and key not in grpo_fields:
-            raise _unknown_key(key, sorted(own | set(grpo_fields)), "the recipe")
+            raise unknown_key(key, sorted(own | set(grpo_fields)), "the recipe")
 
     name = raw.get("name") or (path.stem if path else "run")
     if not isinstance(name, str):
@@ -517,9 +556,39 @@ def read_yaml_mapping(path: Path, kind: str = "Recipe") -> dict[str, Any]:
     return raw
 
 
-def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+def base_path(including: Path, base: Any, kind: str = "recipe") -> Path:
+    """Where a `base:` named in the file `including` is: relative paths are relative to that file."""
+    if not isinstance(base, str) or not base:
+        raise RecipeError(f"'base' in {kind} '{including}' must be a recipe path, got {base!r}.")
+    path = Path(including).parent / Path(base).expanduser()
+    if not path.is_file():
+        raise RecipeError(f"The base recipe '{base}' of {kind} '{including}' does not exist (looked for '{path}').")
+    return path
+
+
+def read_recipe(path: str | Path, _including: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe file as a raw mapping, its `base:` chain merged in (`merge`): what `build_recipe` takes."""
     path = Path(path)
+    chain = (*_including, path)
     raw = read_yaml_mapping(path)
+    if "base" not in raw:
+        return raw
+    base = base_path(path, raw.pop("base"))
+    if any(base.resolve() == p.resolve() for p in chain):
+        files = " -> ".join(str(p) for p in (*chain, base))
+        raise RecipeError(f"Recipe '{chain[0]}' inherits from itself through 'base': {files}.")
+    return merge(read_recipe(base, chain), raw)
+
+
+def load_recipe(path: str | Path, overrides: dict[str, Any] | None = None,
+                layers: typing.Iterable[dict[str, Any]] = ()) -> Recipe:
+    """The recipe file `path` (its `base:` chain merged), then each of `layers` (nested recipe mappings,
+    such as a sweep's overrides) laid over it by `merge`, then the command-line `overrides`: each key,
+    dotted for a section's keys, replaces what is at its path (`set_dotted`)."""
+    path = Path(path)
+    raw = read_recipe(path)
+    for layer in layers:
+        merge(raw, layer)
     for key, value in (overrides or {}).items():
         set_dotted(raw, key, value)
     return build_recipe(raw, path)

@@ -89,7 +89,8 @@ def _labels(paths: list[Path]) -> list[str]:
 # ============================================================================ plots
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed); imported on first use."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,20 +99,22 @@ def _plt():
     return plt
 
 
-def _colors(n: int):
-    plt = _plt()
+def palette(n: int):
+    """`n` line colours, tab10's cycled, in the order runs are plotted."""
+    plt = pyplot()
     cmap = plt.get_cmap("tab10")
     return [cmap(i % 10) for i in range(n)]
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """`text` (a dataset name) as a file-name part: anything but letters, digits, '-_.' becomes '_'."""
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
 def plot_tradeoff(runs: list[Run], dataset: str, path: Path, condition: str = "base") -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 5.2))
-    for run, color in zip(runs, _colors(len(runs))):
+    for run, color in zip(runs, palette(len(runs))):
         acc_steps, accs = run.series(dataset, condition, "accuracy")
         cons_by_step = dict(zip(*run.series(dataset, condition, "consistency")))
         # a checkpoint whose consistency could not be scored (judge down) has no point here
@@ -146,11 +149,11 @@ def plot_tradeoff(runs: list[Run], dataset: str, path: Path, condition: str = "b
 def _grid(runs: list[Run], dataset: str, metrics: list[tuple[str, str]], path: Path, title: str,
           rows_of=lambda run: None, conditions=None) -> Path:
     """A row per metric, a column per run, a line per condition."""
-    plt = _plt()
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     conds = conditions or list(dict.fromkeys(c for run in runs for c in run.conditions(dataset)))
-    colors = dict(zip(conds, _colors(len(conds))))
+    colors = dict(zip(conds, palette(len(conds))))
     fig, axes = plt.subplots(len(metrics), len(runs), figsize=(4.6 * len(runs) + 2.0, 3.0 * len(metrics)),
                              squeeze=False, sharey="row", sharex="col")
     for j, run in enumerate(runs):
@@ -216,7 +219,8 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _table(header: list[str], rows: list[list]) -> str:
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table; floats written to three decimals, None as an em dash."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
@@ -224,9 +228,9 @@ def _table(header: list[str], rows: list[list]) -> str:
 
 def markdown(runs: list[Run], images: dict[str, list[Path]], out: Path) -> str:
     parts = ["# rlvlm evaluation report", ""]
-    parts.append(_table(["run", "path", "checkpoints evaluated", "last step", "datasets"],
-                        [[r.label, str(r.path), len({x["step"] for x in r.trace}), max(x["step"] for x in r.trace),
-                          ", ".join(r.datasets())] for r in runs]))
+    parts.append(markdown_table(["run", "path", "checkpoints evaluated", "last step", "datasets"],
+                                [[r.label, str(r.path), len({x["step"] for x in r.trace}), max(x["step"] for x in r.trace),
+                                  ", ".join(r.datasets())] for r in runs]))
     datasets = sorted({d for r in runs for d in r.datasets()})
     for ds in datasets:
         parts += ["", f"## {ds}", ""]
@@ -242,15 +246,15 @@ def markdown(runs: list[Run], images: dict[str, list[Path]], out: Path) -> str:
                 rows.append([run.label, r["step"], c, r["n"], r["accuracy"], r["consistency"], r["consistent_accuracy"],
                              r["option_entropy"], r["p_correct"], cats["consistent_correct"], cats["inconsistent_correct"],
                              cats["consistent_incorrect"], cats["inconsistent_incorrect"], cats.get("unscored", 0)])
-        parts.append(_table(["run", "step", "condition", "n", "accuracy", "consistency", "cons. acc.", "option H",
-                             "P(correct)", "C+✓", "I+✓", "C+✗", "I+✗", "unscored"], rows))
+        parts.append(markdown_table(["run", "step", "condition", "n", "accuracy", "consistency", "cons. acc.", "option H",
+                                     "P(correct)", "C+✓", "I+✓", "C+✗", "I+✗", "unscored"], rows))
         parts += ["", "### Base condition over training", ""]
         rows = []
         for run in runs:
             for r in sorted((x for x in run.trace if x["dataset"] == ds and x["condition"] == "base"), key=lambda x: x["step"]):
                 rows.append([run.label, r["step"], r["accuracy"], r["consistency"], r["consistent_accuracy"],
                              r["option_entropy"], r["p_correct"]])
-        parts.append(_table(["run", "step", "accuracy", "consistency", "cons. acc.", "option H", "P(correct)"], rows)
+        parts.append(markdown_table(["run", "step", "accuracy", "consistency", "cons. acc.", "option H", "P(correct)"], rows)
                      if rows else "_no base condition evaluated_")
         parts += ["", "### Robustness AUROC at the last checkpoint", "",
                   "Base P(correct) (and, for comparison, negative base option entropy) as the score for staying "
@@ -259,16 +263,16 @@ def markdown(runs: list[Run], images: dict[str, list[Path]], out: Path) -> str:
         for run in runs:
             for c, r in run.last(run.auroc, ds).items():
                 rows.append([run.label, r["step"], c, r["n"], r["n_stay_correct"], r["auroc"], r["auroc_entropy"], r.get("note") or ""])
-        parts.append(_table(["run", "step", "condition", "base-correct", "stay correct", "AUROC P(correct)",
-                             "AUROC −entropy", "note"], rows) if rows else "_no AUROC rows (base condition not evaluated)_")
+        parts.append(markdown_table(["run", "step", "condition", "base-correct", "stay correct", "AUROC P(correct)",
+                                     "AUROC −entropy", "note"], rows) if rows else "_no AUROC rows (base condition not evaluated)_")
         parts += ["", "### Shortcut signals at the last checkpoint", ""]
         rows = []
         for run in runs:
             for c, r in run.last(run.signals, ds).items():
                 rows.append([run.label, r["step"], c, r["think_words"], r["distinct_2"], r["identical_share"],
                              r.get("empty_think_share"), r.get("format"), r.get("answered")])
-        parts.append(_table(["run", "step", "condition", "think words", "distinct-2", "identical share",
-                             "empty think", "format", "answered"], rows) if rows else "_no signals recorded_")
+        parts.append(markdown_table(["run", "step", "condition", "think words", "distinct-2", "identical share",
+                                     "empty think", "format", "answered"], rows) if rows else "_no signals recorded_")
     return "\n".join(parts) + "\n"
 
 
@@ -284,7 +288,7 @@ def make_report(run_dirs: list[str | Path], out: str | Path | None = None) -> Pa
     images: dict[str, list[Path]] = {}
     for ds in sorted({d for r in runs for d in r.datasets()}):
         have = [r for r in runs if ds in r.datasets()]
-        s = _slug(ds)
+        s = slug(ds)
         cond = "base" if any(r.series(ds, "base", "accuracy")[0] for r in have) else have[0].conditions(ds)[0]
         images[ds] = [
             plot_tradeoff(have, ds, out / f"tradeoff_{s}.png", cond),

@@ -12,11 +12,12 @@ A sweep recipe:
       augment:
         augmentation: {probs: {wrong_caption: 0.1, wrong_think: 0.1}}
 
-Run (config, seed) is `load_recipe(base, overrides)` with, in increasing precedence: the common
-`overrides`, the config's, `seed` and `output_dir: DIR/<config>/seed<seed>`, and the command line's
-`--key value`. Mappings merge key by key into the base recipe's sections (an empty mapping clears
-one); anything else, lists included (`rewards`, `data.eval`), replaces. Every run's recipe is
-validated before the first one trains.
+Run (config, seed) is the base recipe with, in increasing precedence: the common `overrides`, the
+config's, `seed` and `output_dir: DIR/<config>/seed<seed>`, and the command line's `--key value`. The
+two YAML layers are laid over the base by `rlvlm.recipe.merge`, the rule a recipe's `base:` follows
+too: mappings merge key by key into the base recipe's sections (an empty mapping clears one);
+anything else, lists included (`rewards`, `data.eval`), replaces. Every run's recipe is validated
+before the first one trains.
 
 Re-running the sweep: a finished run — its final `trainer_state.json` (written when `train()`
 returns) at the recipe's last step, and the trace holding every (dataset, condition) at that step —
@@ -51,7 +52,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from rlvlm import report
-from rlvlm.recipe import SECTIONS, Recipe, RecipeError, _format_validation, _unknown_key, load_recipe, read_yaml_mapping
+from rlvlm.recipe import Recipe, RecipeError, base_path, format_validation, load_recipe, read_yaml_mapping, unknown_key
+from rlvlm.train import TRAINER_STATE, last_checkpoint
 
 log = logging.getLogger("rlvlm.sweep")
 
@@ -62,7 +64,6 @@ ROBUSTNESS_CONDITIONS = ("wrong_caption", "wrong_think")
 # Set by the sweep for each run; a sweep-wide value would make the runs collide.
 PER_RUN_KEYS = {"seed": "the sweep's `seeds`", "output_dir": "the sweep's --output_dir",
                 "resume_from_checkpoint": "the sweep itself (it resumes unfinished runs)"}
-TRAINER_STATE = "trainer_state.json"
 
 
 class SweepSpec(BaseModel):
@@ -121,46 +122,11 @@ def load_sweep(path: str | Path) -> SweepSpec:
     raw = read_yaml_mapping(path, kind="Sweep")
     for key in raw:
         if key not in SweepSpec.model_fields:
-            raise _unknown_key(key, list(SweepSpec.model_fields), f"the sweep '{path}'")
+            raise unknown_key(key, list(SweepSpec.model_fields), f"the sweep '{path}'")
     try:
         return SweepSpec.model_validate({"name": path.stem, **raw})
     except ValidationError as e:
-        raise RecipeError(f"Invalid sweep '{path}': {_format_validation('sweep', e)}.") from None
-
-
-def flatten(overrides: dict[str, Any]) -> dict[str, Any]:
-    """Nested section mappings -> dotted keys, so that they merge into the base recipe's sections
-    (`{evaluation: {max_new_tokens: 8}}` -> `evaluation.max_new_tokens: 8`)."""
-    flat = {}
-    for key, value in overrides.items():
-        if key in SECTIONS and isinstance(value, dict):
-            flat.update(_dotted(key, value))
-        else:
-            flat[key] = value
-    return flat
-
-
-def _dotted(prefix: str, mapping: dict) -> dict[str, Any]:
-    if not mapping:
-        return {prefix: {}}  # an empty mapping clears what the base recipe had there
-    flat = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            flat.update(_dotted(f"{prefix}.{key}", value))
-        else:
-            flat[f"{prefix}.{key}"] = value
-    return flat
-
-
-def layered(*layers: dict[str, Any]) -> dict[str, Any]:
-    """One override dict from several, later layers winning; a re-set key moves to the end, because
-    load_recipe applies overrides in order (a section set as a whole, then one of its keys)."""
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        for key, value in layer.items():
-            merged.pop(key, None)
-            merged[key] = value
-    return merged
+        raise RecipeError(f"Invalid sweep '{path}': {format_validation('sweep', e)}.") from None
 
 
 def _check_per_run_keys(overrides: dict[str, Any], where: str) -> None:
@@ -171,20 +137,16 @@ def _check_per_run_keys(overrides: dict[str, Any], where: str) -> None:
 
 def expand(spec: SweepSpec, sweep_path: Path, out_dir: Path, cli: dict[str, Any]) -> list[SweepRun]:
     """Every (config, seed) as a loaded recipe, in the sweep's order (configs, then seeds)."""
-    base = Path(sweep_path).parent / spec.base
-    if not base.is_file():
-        raise RecipeError(f"The base recipe '{spec.base}' of sweep '{sweep_path}' does not exist (looked for '{base}').")
-    common = flatten(spec.overrides)
-    _check_per_run_keys(common, "the sweep's overrides")
+    base = base_path(Path(sweep_path), spec.base, kind="sweep")
+    _check_per_run_keys(spec.overrides, "the sweep's overrides")
     _check_per_run_keys(cli, "the command line")
     runs = []
-    for config, config_overrides in spec.configs.items():
-        own = flatten(config_overrides)
+    for config, own in spec.configs.items():
         _check_per_run_keys(own, f"configuration '{config}'")
         for seed in spec.seeds:
             per_run = {"seed": seed, "output_dir": str(out_dir / config / f"seed{seed}")}
             try:
-                recipe = load_recipe(base, layered(common, own, per_run, cli))
+                recipe = load_recipe(base, {**per_run, **cli}, layers=[spec.overrides, own])
             except RecipeError as e:
                 raise RecipeError(f"Sweep '{sweep_path}', configuration '{config}': {e}") from None
             runs.append(SweepRun(config, seed, recipe))
@@ -235,15 +197,6 @@ def is_finished(run: SweepRun) -> bool:
     return expected_keys(run.recipe) <= evaluated
 
 
-def last_complete_checkpoint(run_dir: Path) -> Path | None:
-    """The highest checkpoint-N holding its trainer_state.json, which Trainer writes last."""
-    found = []
-    for path in run_dir.glob("checkpoint-*"):
-        if path.name.split("-", 1)[1].isdigit() and (path / TRAINER_STATE).is_file():
-            found.append((int(path.name.split("-", 1)[1]), path))
-    return max(found)[1] if found else None
-
-
 def plan(run: SweepRun) -> SweepRun:
     """Sets the run's state from what its directory holds."""
     if run.run_dir.exists() and not run.run_dir.is_dir():
@@ -251,7 +204,7 @@ def plan(run: SweepRun) -> SweepRun:
     if is_finished(run):
         run.state = "finished"
     elif run.run_dir.is_dir() and any(run.run_dir.iterdir()):
-        run.checkpoint = last_complete_checkpoint(run.run_dir)
+        run.checkpoint = last_checkpoint(run.run_dir)
         run.state = "resume" if run.checkpoint else "restart"
     else:
         run.state = "new"
@@ -362,12 +315,12 @@ def plot_robustness(mean_runs: list[report.Run], dataset: str, path: Path) -> Pa
     conditions = [c for c in ROBUSTNESS_CONDITIONS if any(run.series(dataset, c, "accuracy")[0] for run in mean_runs)]
     if not conditions:
         return None
-    plt = report._plt()
+    plt = report.pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(conditions), figsize=(5.6 * len(conditions), 4.4), squeeze=False, sharey=True)
     for ax, condition in zip(axes[0], conditions):
-        for run, color in zip(mean_runs, report._colors(len(mean_runs))):
+        for run, color in zip(mean_runs, report.palette(len(mean_runs))):
             steps, mean = run.series(dataset, condition, "accuracy")
             _, std = run.series(dataset, condition, "accuracy_std")
             if not steps:
@@ -393,7 +346,7 @@ def plots(mean_runs: list[report.Run], out: Path) -> list[Path]:
     written = []
     for dataset in sorted({d for run in mean_runs for d in run.datasets()}):
         have = [run for run in mean_runs if dataset in run.datasets()]
-        slug = report._slug(dataset)
+        slug = report.slug(dataset)
         condition = "base" if any(run.series(dataset, "base", "accuracy")[0] for run in have) else have[0].conditions(dataset)[0]
         written.append(report.plot_tradeoff(have, dataset, out / f"tradeoff_{slug}.png", condition))
         robustness = plot_robustness(have, dataset, out / f"robustness_{slug}.png")
@@ -421,7 +374,7 @@ def markdown(spec: SweepSpec, result: dict, runs: list[SweepRun], images: list[P
                 stats = per_config[condition]
                 rows.append([config, seeds, *(f"{stats[m]['mean']:.3f} ± {stats[m]['std']:.3f}" if stats[m]["mean"] is not None else "—"
                                          for m in TABLE_METRICS)])
-        parts.append(report._table(["configuration", "seeds", *TABLE_METRICS.values()], rows))
+        parts.append(report.markdown_table(["configuration", "seeds", *TABLE_METRICS.values()], rows))
     return "\n".join(parts) + "\n"
 
 

@@ -78,13 +78,31 @@ def training_rows(recipe: Recipe, examples: list[dict], config) -> list[dict]:
 BEFORE_MODEL_FILES = frozenset({"recipe.yaml", "augmentation_mix.json", "preflight_error.txt"})
 
 
-def last_checkpoint(output_dir: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
+TRAINER_STATE = "trainer_state.json"
 
-    if not output_dir.is_dir():
-        return None
-    found = get_last_checkpoint(str(output_dir))
-    return Path(found) if found else None
+
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path, dict]]:
+    """(step, directory, trainer state) of every complete checkpoint in `run_dir`, by step: the one rule
+    for resuming (`rlvlm train`, `rlvlm sweep`) and for evaluating (`rlvlm eval --follow`). Complete: a
+    `checkpoint-N` directory whose trainer_state.json, which Trainer writes after the weights, optimizer
+    and RNG states, can be read; a checkpoint cut off while being saved has none (or half of one)."""
+    found = []
+    for path in Path(run_dir).glob("checkpoint-*"):
+        state_file = path / TRAINER_STATE
+        if not (path.is_dir() and path.name.split("-", 1)[1].isdigit() and state_file.is_file()):
+            continue
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue  # being written
+        found.append((int(path.name.split("-", 1)[1]), path, state))
+    return sorted(found, key=lambda c: c[0])
+
+
+def last_checkpoint(output_dir: Path) -> Path | None:
+    """The highest complete checkpoint (`complete_checkpoints`) in `output_dir`, or None."""
+    found = complete_checkpoints(output_dir)
+    return found[-1][1] if found else None
 
 
 def check_run_dir(recipe: Recipe) -> bool | str:
@@ -100,7 +118,8 @@ def check_run_dir(recipe: Recipe) -> bool | str:
         if resume in ("true", "True", "last"):  # a YAML `true` arrives as "true" (see recipe.build_recipe)
             ckpt = last_checkpoint(output_dir)
             if ckpt is None:
-                raise RecipeError(f"Cannot resume: '{output_dir}' holds no checkpoint-* directory.")
+                raise RecipeError(f"Cannot resume: '{output_dir}' holds no complete checkpoint-* directory "
+                                  "(one with its trainer_state.json).")
             return str(ckpt)
         if not Path(resume).is_dir():
             raise RecipeError(f"Cannot resume: checkpoint '{resume}' does not exist.")

@@ -27,26 +27,12 @@ from rlvlm.evaluation.evaluator import Evaluator
 from rlvlm.evaluation.results import EvalResult, format_rows, sample_tables
 from rlvlm.evaluation.schedule import is_evaluated
 from rlvlm.recipe import RecipeError
+from rlvlm.train import complete_checkpoints
 
 log = logging.getLogger("rlvlm.evaluation")
 
 RESOLVED_RECIPE = "recipe.yaml"
 WANDB_RUN = "wandb_run.json"
-
-
-def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path, dict]]:
-    """(step, directory, trainer state) of every checkpoint whose trainer_state.json is readable, by step."""
-    found = []
-    for path in Path(run_dir).glob("checkpoint-*"):
-        state_file = path / "trainer_state.json"
-        if not (path.is_dir() and path.name.split("-", 1)[1].isdigit() and state_file.is_file()):
-            continue
-        try:
-            state = json.loads(state_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue  # being written
-        found.append((int(path.name.split("-", 1)[1]), path, state))
-    return sorted(found, key=lambda c: c[0])
 
 
 def use_vllm(section) -> bool:
