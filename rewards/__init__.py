@@ -10,6 +10,10 @@ Importing this package pulls in no torch and no math-verify.
 The faithfulness scorers ``consistency`` (alias ``rule``), ``judge`` and ``counterfactual`` share one
 interface, ``(completions, options=None, think_prefix=None, **kwargs) -> list[float | None]``, so a
 recipe swaps them by name, e.g. as the gate of ``accuracy`` (see ``rlvlm.composition``).
+
+Shared with ``rlvlm``: ``rewards.options`` (the option letters and the one rule for what a gold answer
+names, used by the data adapters and the perturbations too) and ``rewards.option_probs`` (the option
+probabilities, used by the evaluator and the counterfactual scorer).
 """
 
 from rewards.accuracy import accuracy_reward

@@ -3,8 +3,9 @@
 ``make_counterfactual_reward(...)`` returns a reward with the faithfulness scorers' interface
 ``(completions, options=None, think_prefix=None, **kwargs) -> list[float | None]``. It asks the
 *current policy* — no judge, no generation — for its forced-answer distribution over the option
-letters, teacher-forcing ``prompt + "<think>" + cot + "</think><answer>"`` and reading the logits of
-the option letters at the next position (restricted to the options and renormalised), once per check
+letters, teacher-forcing ``prompt + "<think>" + cot + "</think><answer>"`` and reading the option
+probabilities at the next position exactly as the evaluator does (``rewards.option_probs``: the logits
+of the letters' single-token spellings, renormalised, summed per letter), once per check
 (``checks``, default ``("shuffle",)``; each costs one forward pass per distinct (prompt, CoT)):
 
 - ``original``: the prompt as given and the response's own CoT. Passes when the argmax option is
@@ -39,14 +40,15 @@ Importing this module pulls in no torch.
 
 from __future__ import annotations
 
-import functools
 import logging
 import re
 import time
 import weakref
 import zlib
 
-from rewards.parsing import LETTERS, column, resolve_option, response_text, split_response
+from rewards.option_probs import forced_option_probabilities
+from rewards.options import LETTERS
+from rewards.parsing import column, resolve_option, response_text, split_response
 
 __all__ = ["CHECKS", "CounterfactualReward", "make_counterfactual_reward", "derangement", "permute_option_lines",
            "remap_letters", "swap_cot", "forced_option_probs"]
@@ -170,55 +172,30 @@ def _without_prefill(prompt) -> list[dict]:
 # ----------------------------------------------------------------------------- the forward pass
 
 
-@functools.lru_cache(maxsize=64)
-def _letter_ids(tokenizer, n: int) -> list[int]:
-    """Token ids of the first n option letters (cached: called for every scored row of every step)."""
-    ids = []
-    for letter in LETTERS[:n]:
-        pieces = tokenizer.tokenize(letter)
-        ids.append(tokenizer.convert_tokens_to_ids(pieces[0]))
-    return ids
-
-
 def forced_option_probs(model, processor, texts: list[str], images: list | None, n_options: list[int],
                         batch_size: int = 32) -> list[list[float]]:
     """P(option letter) at the position after each fully rendered ``texts[i]`` (which ends with
-    ``<answer>``), restricted to the first ``n_options[i]`` letters and renormalised. Batched (similar
-    lengths together, to waste little on padding), left-padded, one position of logits kept, under
-    ``torch.no_grad`` in eval mode."""
-    import torch
-
+    ``<answer>``), for the first ``n_options[i]`` letters: the evaluator's option probabilities
+    (``rewards.option_probs``: the letters' single-token spellings "B" and " B", renormalised together,
+    summed per letter). Batched (similar lengths together, to waste little on padding), left-padded, one
+    position of logits kept, under ``torch.no_grad`` in eval mode."""
     order = sorted(range(len(texts)), key=lambda k: len(texts[k]))
     texts = [texts[k] for k in order]
     n_options = [n_options[k] for k in order]
     if images is not None:
         images = [images[k] for k in order]
 
-    tokenizer = getattr(processor, "tokenizer", processor)
     was_training = model.training
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     model.eval()
     out: list[list[float]] = []
     try:
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            for start in range(0, len(texts), batch_size):
-                chunk = texts[start : start + batch_size]
-                imgs = None if images is None else images[start : start + batch_size]
-                if imgs is not None and not any(imgs):
-                    imgs = None
-                if imgs is None:
-                    enc = processor(text=chunk, padding=True, return_tensors="pt")
-                else:
-                    enc = processor(text=chunk, images=imgs, padding=True, return_tensors="pt")
-                enc = enc.to(device)
-                logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
-                for row, n in zip(logits, n_options[start : start + batch_size]):
-                    ids = _letter_ids(tokenizer, n)
-                    out.append(torch.softmax(row[ids], dim=-1).tolist())
+        for start in range(0, len(texts), batch_size):
+            chunk = texts[start : start + batch_size]
+            imgs = None if images is None else images[start : start + batch_size]
+            if imgs is not None and not any(imgs):
+                imgs = None
+            out += forced_option_probabilities(model, processor, chunk, imgs, n_options[start : start + batch_size])
     finally:
-        tokenizer.padding_side = side
         model.train(was_training)
     unsorted: list[list[float]] = [[] for _ in out]
     for k, probs in zip(order, out):

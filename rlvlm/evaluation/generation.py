@@ -1,9 +1,10 @@
 """The evaluator's model passes: greedy generation (transformers `generate`, or a vLLM engine) and the
 option probabilities.
 
-Option probabilities (DESIGN.md, "Metrics"): at the position where the answer letter goes (after the
-response's first `<answer>`, forced there when the model wrote none), the logits restricted to the
-single-token spellings of the option letters ("B" and " B"), renormalised, summed per letter. With
+Option probabilities (DESIGN.md, "Metrics"; one definition, `rewards.option_probs`, shared with the
+counterfactual reward): at the position where the answer letter goes (after the response's first
+`<answer>`, forced there when the model wrote none), the logits restricted to the single-token spellings
+of the option letters ("B" and " B"), renormalised, summed per letter. With
 transformers they are read during generation, from the raw logits of the step after the response's own
 `<answer>`; a response without one (or cut right after it), and every response a vLLM engine generated,
 gets one teacher-forced pass over prompt + response cut at that position. vLLM returns only the top-k
@@ -18,6 +19,9 @@ from __future__ import annotations
 import contextlib
 import gc
 
+from rewards import option_probs
+from rewards.option_probs import encode_left_padded as encode
+from rewards.option_probs import letter_probabilities, tokenizer_of
 from rlvlm.evaluation.items import forced_answer_suffix, item_images
 
 
@@ -26,35 +30,12 @@ class EvaluationError(RuntimeError):
 
 
 def letter_token_ids(tokenizer, n_options: int) -> list[list[int]]:
-    """Per option letter, the single-token spellings of it ("B" and " B") that the tokenizer has."""
-    out = []
-    for k in range(n_options):
-        letter = chr(ord("A") + k)
-        ids = []
-        for text in (letter, " " + letter):
-            enc = tokenizer.encode(text, add_special_tokens=False)
-            if len(enc) == 1 and enc[0] not in ids:
-                ids.append(enc[0])
-        if not ids:
-            raise EvaluationError(f"the tokenizer has no single token for option letter {letter!r}")
-        out.append(ids)
-    return out
-
-
-def tokenizer_of(processor):
-    return getattr(processor, "tokenizer", processor)
-
-
-def encode(processor, texts: list[str], images: list[list]):
-    """A left-padded batch (generation continues every row from its last position)."""
-    tok = tokenizer_of(processor)
-    side = tok.padding_side
-    tok.padding_side = "left"
+    """Per option letter, the single-token spellings of it ("B" and " B") that the tokenizer has
+    (`rewards.option_probs.letter_token_ids`; EvaluationError when a letter has none)."""
     try:
-        kwargs = {"images": images} if any(images) else {}
-        return processor(text=texts, padding=True, return_tensors="pt", **kwargs)
-    finally:
-        tok.padding_side = side
+        return option_probs.letter_token_ids(tokenizer, n_options)
+    except ValueError as e:
+        raise EvaluationError(str(e)) from None
 
 
 def generate_transformers(model, processor, items: list[dict], max_new_tokens: int,
@@ -131,40 +112,18 @@ def answer_step(tok, generated: list[int], suffix: str) -> int | None:
     return None
 
 
-def letter_probabilities(logits, groups: list[list[int]]) -> list[float]:
-    """Softmax over the letters' token logits (`logits` in the order of the flattened `groups`), summed per
-    letter: the option probabilities of DESIGN.md's "Metrics"."""
-    import torch
-
-    p = torch.softmax(logits.float(), dim=-1).tolist()
-    probs, k = [], 0
-    for g in groups:
-        probs.append(float(sum(p[k : k + len(g)])))
-        k += len(g)
-    return probs
-
-
 def option_probabilities(model, processor, items: list[dict], completions: list[str], letter_ids: dict) -> list[list[float]]:
     """One teacher-forced forward of prompt + completion cut at the answer letter, per batch; per item
     the probabilities of its option letters ([] for a free-form item). `letter_ids` caches
-    `letter_token_ids` by option count."""
-    import torch
-
-    tok = tokenizer_of(processor)
+    `letter_token_ids` by option count. The pass is `rewards.option_probs.forced_option_probabilities`,
+    the counterfactual reward's."""
     texts = [it["_text"] + forced_answer_suffix(it.get("think_prefix"), c) for it, c in zip(items, completions)]
-    enc = encode(processor, texts, [item_images(it) for it in items]).to(model.device)
-    logits = model(**enc, logits_to_keep=1).logits[:, -1, :].float()
-    out = []
-    for row, it in zip(logits, items):
-        n = len(it.get("options") or [])
-        if n == 0:
-            out.append([])
-            continue
-        if n not in letter_ids:
-            letter_ids[n] = letter_token_ids(tok, n)
-        groups = letter_ids[n]
-        out.append(letter_probabilities(row[[i for g in groups for i in g]], groups))
-    return out
+    n_options = [len(it.get("options") or []) for it in items]
+    tok = tokenizer_of(processor)
+    for n in set(n_options) - {0} - set(letter_ids):
+        letter_ids[n] = letter_token_ids(tok, n)  # EvaluationError for a letter without a single token
+    return option_probs.forced_option_probabilities(model, processor, texts, [item_images(it) for it in items],
+                                                    n_options, letter_ids)
 
 
 # ============================================================================ vLLM
