@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
 ACCELERATE_CONFIGS = sorted((LAUNCH / "accelerate").glob("*.yaml"))
 DEEPSPEED_JSONS = sorted((LAUNCH / "deepspeed").glob("*.json"))
-RECIPES_7B = sorted((ROOT / "recipes" / "qwen2.5-vl-7b").glob("*.yaml"))
+# The four runs; _base.yaml holds what they share (a recipe of its own too, tested in test_recipe.py).
+RECIPES_7B = sorted(p for p in (ROOT / "recipes" / "qwen2.5-vl-7b").glob("*.yaml") if not p.name.startswith("_"))
 EIGHT_BENCHMARKS = ["3dsrbench", "cv_bench", "spatial_mm_obj", "spatial_mm_multihop", "whatsup", "vstar",
                     "mme_realworld_lite", "mmbench"]
 
@@ -178,6 +179,7 @@ def test_7b_recipe_loads(path):
 
 def test_four_7b_recipes():
     assert [p.stem for p in RECIPES_7B] == ["augment", "augment_faithful", "baseline", "faithful"]
+    assert all(yaml.safe_load(p.read_text())["base"] == "_base.yaml" for p in RECIPES_7B)
 
 
 # ------------------------------------------------------------------------------------ PEFT / LoRA
