@@ -3,7 +3,7 @@ option entropy) and the counterfactual reward (``rewards.counterfactual``: the f
 
 At the position where the answer letter goes, the logits restricted to the single-token spellings of
 the option letters ("B" and " B", those the tokenizer has), softmaxed together and summed per letter
-(DESIGN.md, "Metrics"). :func:`forced_option_probabilities` reads them with one teacher-forced forward
+(docs/concepts.md, "rlvlm.metrics"). :func:`forced_option_probabilities` reads them with one teacher-forced forward
 of a left-padded batch whose texts each end where the letter goes (``...<answer>``);
 :func:`letter_probabilities` turns logits read elsewhere (the evaluator reads them during generation)
 into the same numbers.

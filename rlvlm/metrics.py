@@ -1,4 +1,4 @@
-"""Metrics. `option_entropy` and `auroc` have exact public contracts (DESIGN.md, "Metrics");
+"""Metrics. `option_entropy` and `auroc` have exact public contracts (docs/concepts.md, "rlvlm.metrics");
 the rest turn per-example evaluation records into the trace row, the AUROC rows and the
 shortcut signals. All are plain functions over plain values (no torch)."""
 
@@ -92,7 +92,7 @@ def summarize(records: list[dict]) -> dict:
 
 
 def trace_row(step: int, dataset: str, condition: str, records: list[dict]) -> dict:
-    """One row of RUN_DIR/eval/trace.jsonl, exactly the keys of DESIGN.md's "Evaluation trace"."""
+    """One row of RUN_DIR/eval/trace.jsonl, exactly the keys of the trace schema (docs/evaluation.md, "What it writes: the trace")."""
     row = {"step": int(step), "dataset": dataset, "condition": condition, **summarize(records)}
     return {k: row[k] for k in TRACE_KEYS}
 

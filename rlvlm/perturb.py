@@ -1,7 +1,7 @@
 """The eight evaluation conditions and training-time augmentation.
 
 ``perturb(example, condition, seed)`` turns a canonical example into a
-prompt-ready one (DESIGN.md, "Canonical example" and "Perturbations"):
+prompt-ready one (docs/concepts.md, "The canonical example" and "The eight conditions"):
 it adds ``condition``, ``target``, ``caption``, ``think_prefix`` and a TRL
 conversational ``prompt``. ``augment`` applies a condition to a fraction of
 training prompts, chosen deterministically per (seed, example, epoch).

@@ -1,4 +1,4 @@
-"""Metrics on hand-computed cases (DESIGN.md, "Metrics")."""
+"""Metrics on hand-computed cases (docs/concepts.md, "rlvlm.metrics")."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""The eight conditions and training-time augmentation (DESIGN.md, "Perturbations")."""
+"""The eight conditions and training-time augmentation (docs/concepts.md, "The eight conditions")."""
 
 import copy
 from collections import Counter

@@ -1,4 +1,4 @@
-"""Real datasets -> canonical examples (DESIGN.md, "Canonical example"), through `datasets`.
+"""Real datasets -> canonical examples (docs/concepts.md, "The canonical example"), through `datasets`.
 
 Each adapter reads one dataset in the schema its hub card (or, where there is no hub copy, its
 release) documents, and maps a row to::

@@ -1,4 +1,4 @@
-"""Turn a recipe's dataset spec into canonical examples (see DESIGN.md, "Canonical example").
+"""Turn a recipe's dataset spec into canonical examples (see docs/concepts.md, "The canonical example").
 
 `shapes` is generated (rlvlm.data.shapes); every other name is a `datasets`-backed adapter
 registered in rlvlm.data.adapters (SAT, Pixmo-Count, Geometry3K, the paper's evaluation sets and

@@ -1,7 +1,7 @@
 """The evaluator's model passes: greedy generation (transformers `generate`, or a vLLM engine) and the
 option probabilities.
 
-Option probabilities (DESIGN.md, "Metrics"; one definition, `rewards.option_probs`, shared with the
+Option probabilities (docs/concepts.md, "rlvlm.metrics"; one definition, `rewards.option_probs`, shared with the
 counterfactual reward): at the position where the answer letter goes (after the response's first
 `<answer>`, forced there when the model wrote none), the logits restricted to the single-token spellings
 of the option letters ("B" and " B"), renormalised, summed per letter. With
