@@ -42,7 +42,16 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "tiny-shapes.yaml"
+
+
+def shipped_recipe(relative: str) -> Path:
+    """A recipe of the repository's recipes/ folder, which the bench runs: there in a checkout; in an
+    installed rlvlm, the package's copy of that folder (rlvlm/recipes, see pyproject.toml)."""
+    checkout = ROOT / "recipes" / relative
+    return checkout if checkout.is_file() else Path(__file__).resolve().parent / "recipes" / relative
+
+
+RECIPE = shipped_recipe("tiny-shapes.yaml")
 
 GOALS = {  # metric: (comparison, goal)
     "trainer_overhead_ratio": ("<=", 1.05),
@@ -453,7 +462,7 @@ class GpuSettings:
     eval_new_tokens: int = 256
 
 
-RECIPE_7B = ROOT / "recipes" / "qwen2.5-vl-7b" / "baseline.yaml"
+RECIPE_7B = shipped_recipe("qwen2.5-vl-7b/baseline.yaml")
 
 
 def gpu_settings_from_recipe(path: Path = RECIPE_7B, **changes) -> GpuSettings:

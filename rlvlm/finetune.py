@@ -47,9 +47,3 @@ def freeze_vision_tower(model) -> int:
             f"(looked for parameters under {', '.join(VISION_COMPONENTS)})."
         )
     return frozen
-
-
-def trainable_parameters(model) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from rlvlm.recipe import ModelSection, RecipeError, WarmStartSection
+from rlvlm.tiny import TINY_ALIAS
 
-TINY_NAMES = {"tiny", "rlvlm/tiny-qwen2.5-vl"}
+TINY_NAMES = {"tiny", TINY_ALIAS}  # what model.name may say for the embedded tiny model
 
 
 def is_tiny(section: ModelSection) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rlvlm.prefill import qwen_chat_template
 
-TINY_ALIAS = "rlvlm/tiny-qwen2.5-vl"
+TINY_ALIAS = "rlvlm/tiny-qwen2.5-vl"  # model.name for the tiny model besides "tiny" (rlvlm.models.TINY_NAMES)
 TINY_VERSION = 7  # bump when the architecture, tokenizer or corpus changes: the cache key includes it
 
 SPECIAL_TOKENS = [

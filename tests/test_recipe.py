@@ -200,3 +200,28 @@ def test_no_private_name_is_used_across_modules():
                     and ast.unparse(node.value).split(".")[0] in modules):
                 found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
     assert not found, found
+
+
+# ------------------------------------------------------------------------------------ packaging
+
+
+def test_every_package_and_the_recipes_ship():
+    """pyproject.toml lists the packages (so that recipes/ can ship as rlvlm/recipes): none is left out."""
+    tomllib = pytest.importorskip("tomllib")
+    from setuptools import find_packages
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = find_packages(str(ROOT), include=["rlvlm", "rlvlm.*", "rewards", "rewards.*"])
+    assert sorted(setup["packages"]) == sorted([*found, "rlvlm.recipes"])
+    assert setup["package-dir"] == {"rlvlm.recipes": "recipes"}
+    patterns = setup["package-data"]["rlvlm.recipes"]
+    shipped = {p.relative_to(ROOT / "recipes") for pattern in patterns for p in (ROOT / "recipes").glob(pattern)}
+    assert shipped == {p.relative_to(ROOT / "recipes") for p in (ROOT / "recipes").rglob("*.yaml")}
+
+
+def test_the_bench_reads_the_recipes_folder():
+    import rlvlm.bench as bench
+
+    assert bench.RECIPE == ROOT / "recipes" / "tiny-shapes.yaml"
+    assert bench.RECIPE_7B == ROOT / "recipes" / "qwen2.5-vl-7b" / "baseline.yaml"
+    assert bench.shipped_recipe("nowhere.yaml") == ROOT / "rlvlm" / "recipes" / "nowhere.yaml"  # an installed rlvlm's copy
