@@ -58,7 +58,7 @@ GOALS = {  # metric: (comparison, goal)
     "eval_cost_fraction": ("<=", 0.25),
     "counterfactual_reward_fraction": ("<=", 0.25),
     "rule_reward_throughput": (">=", 20_000),
-    "peak_memory_mb": ("<=", 2048),  # the main job measured 1.5 GB (README); 2 GB leaves room on a laptop
+    "peak_memory_mb": ("<=", 2048),  # the main job measured 1.5 GB (docs/experiments.md); 2 GB leaves room on a laptop
 }
 
 WITH_COUNTERFACTUAL = [

@@ -50,7 +50,7 @@ class WarmStartSection(Section):
     vision_steps: int = Field(200, ge=0)  # per-cell recognition pre-training of the vision tower first
     n_examples: int = Field(12800, gt=0)
     epochs: float = Field(3.0, gt=0)
-    learning_rate: float = Field(7e-4, gt=0)  # vision pre-training and SFT; see README "Measured"
+    learning_rate: float = Field(7e-4, gt=0)  # vision pre-training and SFT; see docs/experiments.md
     batch_size: int = Field(16, gt=0)
     seed: int = 0
     # Share of SFT prompts that carry a caption, usually a true one: real instruction data often comes
