@@ -199,7 +199,7 @@ class Reward:
                 self.stop_reason = (
                     f"the gate '{gate.name}' of reward '{self.__name__}' scored nothing in {self.failed_batches[k]} "
                     f"generation batches in a row (is the judge down?). Training stopped with a checkpoint; "
-                    f"restart the scorer and run the same command again to resume (or raise "
+                    f"restart the scorer and run the same command with --resume_from_checkpoint true (or raise "
                     f"rewards[].gate[].max_failed_batches, 0 never stops)."
                 )
                 log.error("%s", self.stop_reason)
