@@ -15,6 +15,7 @@ import re
 
 from rewards.options import GoldError, letters
 from rewards.options import gold_letter as _canonical_gold_letter
+from rlvlm.data import caption_generator, reasoning_generator
 
 CONDITIONS = (
     "base",
@@ -39,7 +40,8 @@ CAPTION_HEDGE = " But I could be wrong."
 INSTRUCTION_MC = "Think step by step inside <think></think>, then give the option letter inside <answer></answer>."
 INSTRUCTION_FREE = "Think step by step inside <think></think>, then give the final answer inside <answer></answer>."
 
-# Generic templates for datasets without a scene graph. {text}: the target's
+# Generic templates for datasets without their own generators (rlvlm.data.REASONING_GENERATORS and
+# CAPTION_GENERATORS, looked up by the example's source). {text}: the target's
 # option text (or free-form answer); {conclusion}: "So the answer is (X) text."
 _THINK_TEMPLATES = (
     "Looking at the image, I can see {text}. {conclusion}",
@@ -123,10 +125,6 @@ def _target(example: dict, condition: str, seed: int) -> str | None:
     return _rng("target", seed, _example_key(example)).choice(wrong)
 
 
-def _is_shapes(example: dict) -> bool:
-    return example.get("source") == "shapes" and "scene" in example and bool(_options(example))
-
-
 def _target_text(example: dict, target: str) -> tuple[str, str]:
     """(target's text, concluding sentence)."""
     options = _options(example)
@@ -137,20 +135,18 @@ def _target_text(example: dict, target: str) -> tuple[str, str]:
 
 
 def _reasoning(example: dict, target: str, seed: int) -> str:
-    if _is_shapes(example):
-        from rlvlm.data import shapes
-
-        return shapes.cot_for(example, target, seed=seed)
+    own = reasoning_generator(example.get("source"))
+    if own is not None and (reasoning := own(example, target, seed)) is not None:
+        return reasoning
     text, conclusion = _target_text(example, target)
     template = _rng("think", seed, _example_key(example)).choice(_THINK_TEMPLATES)
     return template.format(text=text, text_cap=text[:1].upper() + text[1:], conclusion=conclusion)
 
 
 def _caption(example: dict, target: str, seed: int) -> str:
-    if _is_shapes(example):
-        from rlvlm.data import shapes
-
-        return shapes.caption_for(example, target, seed=seed)
+    own = caption_generator(example.get("source"))
+    if own is not None and (caption := own(example, target, seed)) is not None:
+        return caption
     text, _ = _target_text(example, target)
     return _rng("caption", seed, _example_key(example)).choice(_CAPTION_TEMPLATES).format(text=text)
 

@@ -9,8 +9,10 @@ Regenerate it (only for a deliberate change) with `python tests/test_dataset_hoo
 import json
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
+import rlvlm.data
 from rlvlm.data import shapes
 from rlvlm.perturb import CONDITIONS, perturb
 
@@ -54,6 +56,46 @@ def test_eight_conditions_give_the_same_prompts_as_before():
     assert got.keys() == expected.keys()
     for key in expected:
         assert got[key] == expected[key], key
+
+
+CALLS = []
+
+
+def _reasoning(example, target, seed):
+    CALLS.append(("reasoning", example["id"], target, seed))
+    return f"My own reasoning toward {target}."
+
+
+def _caption(example, target, seed):
+    CALLS.append(("caption", example["id"], target, seed))
+    return None if example["id"] == "mine-2" else f"My own caption toward {target}."
+
+
+def test_a_registered_dataset_gets_its_own_generators(monkeypatch):
+    monkeypatch.setitem(rlvlm.data.REASONING_GENERATORS, "mine", _reasoning)  # the function itself
+    monkeypatch.setitem(rlvlm.data.CAPTION_GENERATORS, "mine", f"{__name__}:_caption")  # or module:function
+    CALLS.clear()
+    ex = {"id": "mine-1", "question": "Which?", "options": ["a", "b", "c"], "answer": "A", "source": "mine"}
+    assert perturb(ex, "correct_think", 5)["think_prefix"] == "<think>My own reasoning toward A."
+    wrong = perturb(ex, "wrong_think_hedge", 5)
+    assert wrong["target"] != "A"
+    assert wrong["think_prefix"] == f"<think>My own reasoning toward {wrong['target']}. But I think"
+    assert perturb(ex, "correct_caption", 5)["caption"] == "My own caption toward A."
+    assert perturb(ex, "wrong_caption", 5)["caption"] == f"My own caption toward {wrong['target']}."
+    assert CALLS == [("reasoning", "mine-1", "A", 5), ("reasoning", "mine-1", wrong["target"], 5),
+                     ("caption", "mine-1", "A", 5), ("caption", "mine-1", wrong["target"], 5)]
+    # None: no caption of the dataset's own for this example, so the generic template's
+    other = dict(ex, id="mine-2")
+    assert perturb(other, "correct_caption", 5)["caption"] == perturb(dict(other, source="toy"), "correct_caption", 5)["caption"]
+    CALLS.clear()
+    perturb(ex, "base", 5), perturb(ex, "stop_think", 5)
+    assert CALLS == []  # the conditions without a target call no generator
+
+
+@pytest.mark.parametrize("source", [None, "", "toy"])
+def test_no_generators_for_an_unregistered_source(source):
+    assert rlvlm.data.reasoning_generator(source) is None and rlvlm.data.caption_generator(source) is None
+    assert rlvlm.data.reasoning_generator("shapes") is shapes.reasoning_toward
 
 
 if __name__ == "__main__":

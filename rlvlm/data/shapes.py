@@ -12,7 +12,8 @@ deliberately wrong reasoning and captions, are generated exactly:
   (split, index, seed), with disjoint splits;
 - ``render``             scene graph -> image;
 - ``cot_for`` / ``caption_for``   reasoning / one-sentence caption toward any
-  option letter (true for the gold letter, concretely false otherwise);
+  option letter (true for the gold letter, concretely false otherwise), lent to
+  rlvlm.perturb as ``reasoning_toward`` / ``caption_toward`` (rlvlm.data's registries);
 - ``check_answer``       an independent re-derivation of the gold letter, by
   default from the rendered pixels;
 - ``statement_is_true``  checks a caption or a reasoning text against the
@@ -623,6 +624,22 @@ def caption_for(example: dict, letter: str, seed: int = 0) -> str:
         return f"{option.capitalize()} is the {'most' if most else 'least'} common colour in the picture."
     raise ValueError(f"not a shapes question: {q!r}")
 
+
+
+def _has_scene(example: dict) -> bool:
+    return "scene" in example and bool(example.get("options"))
+
+
+def reasoning_toward(example: dict, target: str, seed: int) -> str | None:
+    """rlvlm.perturb's reasoning for a shapes example (rlvlm.data.REASONING_GENERATORS): ``cot_for``
+    when it carries its scene graph and options, None (perturb's generic templates) otherwise."""
+    return cot_for(example, target, seed=seed) if _has_scene(example) else None
+
+
+def caption_toward(example: dict, target: str, seed: int) -> str | None:
+    """rlvlm.perturb's caption for a shapes example (rlvlm.data.CAPTION_GENERATORS): ``caption_for``
+    when it carries its scene graph and options, None (perturb's generic templates) otherwise."""
+    return caption_for(example, target, seed=seed) if _has_scene(example) else None
 
 # --------------------------------------------------------------------------
 # checking captions and reasoning against the scene graph
