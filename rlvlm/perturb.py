@@ -15,18 +15,9 @@ import re
 
 from rewards.options import GoldError, letters
 from rewards.options import gold_letter as _canonical_gold_letter
+from rlvlm.conditions import CONDITIONS, check_probs
 from rlvlm.data import caption_generator, reasoning_generator
 
-CONDITIONS = (
-    "base",
-    "stop_think",
-    "wrong_think",
-    "wrong_think_hedge",
-    "wrong_caption",
-    "wrong_caption_hedge",
-    "correct_caption",
-    "correct_think",
-)
 DEFAULT_AUGMENTATION = {
     "wrong_caption": 0.1,
     "correct_caption": 0.1,
@@ -206,18 +197,6 @@ def perturb(example: dict, condition: str, seed: int) -> dict:
         prompt=build_prompt(example, caption, think_prefix),
     )
     return out
-
-
-def check_probs(probs: dict[str, float]) -> None:
-    unknown = [k for k in probs if k not in CONDITIONS]
-    if unknown:
-        raise ValueError(f"unknown augmentation condition(s) {unknown}; valid conditions: {', '.join(CONDITIONS)}")
-    bad = {k: v for k, v in probs.items() if not (isinstance(v, (int, float)) and 0.0 <= v <= 1.0)}
-    if bad:
-        raise ValueError(f"augmentation probabilities must be numbers in [0, 1]: {bad}")
-    total = sum(probs.values())
-    if total > 1.0 + 1e-9:
-        raise ValueError(f"augmentation probabilities sum to {total:.4g} > 1")
 
 
 def choose_condition(example: dict, probs: dict[str, float], seed: int, epoch: int) -> tuple[str, int]:

@@ -73,7 +73,7 @@ class WarmStartSection(Section):
     @field_validator("teacher_confusions")
     @classmethod
     def _confusions_by_family(cls, confusions: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-        from rlvlm.data.shapes import FAMILIES, FAMILY_OPTIONS
+        from rlvlm.conditions import FAMILIES, FAMILY_OPTIONS
 
         if unknown := sorted(set(confusions) - set(FAMILIES)):
             raise ValueError(f"warm_start.teacher_confusions is keyed by shapes family ({', '.join(FAMILIES)}); "
@@ -88,7 +88,7 @@ class WarmStartSection(Section):
     @field_validator("captions")
     @classmethod
     def _caption_conditions(cls, probs: dict[str, float]) -> dict[str, float]:
-        from rlvlm.perturb import check_probs
+        from rlvlm.conditions import check_probs
 
         allowed = ("correct_caption", "wrong_caption", "wrong_caption_hedge")
         if any(k not in allowed for k in probs):
@@ -182,7 +182,7 @@ class AugmentationSection(Section):
     @field_validator("probs")
     @classmethod
     def _known_conditions(cls, probs: dict[str, float]) -> dict[str, float]:
-        from rlvlm.perturb import check_probs
+        from rlvlm.conditions import check_probs
 
         check_probs(probs)
         return probs
@@ -213,7 +213,7 @@ class EvaluationSection(Section):
     # and `rlvlm eval --follow RUN_DIR` evaluates them (other GPUs, another node, or afterwards)
     mode: typing.Literal["inline", "follow"] = "inline"
     every: int = Field(1, gt=0)  # evaluate every K-th saved checkpoint (the last one always)
-    conditions: list[str] | None = None  # None: all eight of rlvlm.perturb.CONDITIONS
+    conditions: list[str] | None = None  # None: all eight of rlvlm.conditions.CONDITIONS
     max_new_tokens: int = Field(64, gt=0)
     batch_size: int = Field(64, gt=0)  # the most rows in a generation / teacher-forced batch, per process
     # the most tokens in a batch, counted padded: rows x (longest prompt, image tokens included, + max_new_tokens)
@@ -232,7 +232,7 @@ class EvaluationSection(Section):
     @field_validator("conditions")
     @classmethod
     def _known_conditions(cls, value):
-        from rlvlm.perturb import CONDITIONS
+        from rlvlm.conditions import CONDITIONS
 
         if value is not None:
             if not value:

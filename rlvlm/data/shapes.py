@@ -29,15 +29,12 @@ import re
 
 from PIL import Image, ImageDraw
 
+# The vocabulary (colours, shapes, families, relations, counts, each family's option texts) lives in
+# rlvlm.conditions, where the recipe validates warm_start.teacher_confusions against it.
+from rlvlm.conditions import COLORS, COUNT_OPTIONS, FAMILIES, FAMILY_OPTIONS, RELATIONS, SHAPES  # noqa: F401
+
 SOURCE = "shapes"
-COLORS = ("red", "green", "blue", "yellow")
-SHAPES = ("circle", "square", "triangle", "diamond")
-FAMILIES = ("count", "attribute", "position", "compare")
-RELATIONS = ("left of", "right of", "above", "below")
-COUNT_OPTIONS = ("0", "1", "2", "3")
 LETTERS = "ABCD"
-# The option texts each family's questions can offer (attribute: colours or shapes, by question).
-FAMILY_OPTIONS = {"count": COUNT_OPTIONS, "attribute": COLORS + SHAPES, "position": RELATIONS, "compare": COLORS}
 GRID = 3
 IMAGE_SIZE = GRID * 28  # one merged Qwen2.5-VL vision token per cell
 MIN_OBJECTS, MAX_OBJECTS = 3, 5
