@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from rlvlm.recipe import ModelSection, RecipeError, WarmStartSection
 from rlvlm.tiny import TINY_ALIAS
+
+log = logging.getLogger("rlvlm")
 
 TINY_NAMES = {"tiny", TINY_ALIAS}  # what model.name may say for the embedded tiny model
 
@@ -24,22 +27,37 @@ def check_model_name(section: ModelSection) -> None:
         raise RecipeError(f"Model path '{name}' does not exist.")
 
 
-def resolve_model(section: ModelSection, warm_start: WarmStartSection, progress: bool = True) -> str:
-    """The tiny alias builds (and warm-starts) the embedded model, cached; anything else passes through."""
+def resolve_model(section: ModelSection, warm_start: WarmStartSection | None = None, progress: bool = True) -> str:
+    """The base model: the tiny alias builds the embedded model, cached; anything else passes through.
+
+    The warm-start is a step of its own (`warm_start_model`), which `rlvlm train` and `rlvlm eval` call
+    after this one. Given `warm_start`, this runs that step too, for callers that take both at once."""
     if not is_tiny(section):
-        return str(Path(section.name).expanduser()) if Path(section.name).expanduser().exists() else section.name
-    from accelerate import PartialState
+        path = str(Path(section.name).expanduser()) if Path(section.name).expanduser().exists() else section.name
+    else:
+        from accelerate import PartialState
 
-    from rlvlm.tiny import build_tiny
+        from rlvlm.tiny import build_tiny
 
-    # transformers writes model files from rank 0 only once torch.distributed is up, so rank 0 builds.
-    with PartialState().main_process_first():
-        path = build_tiny(seed=section.seed, progress=progress)
-    if warm_start.enabled:
-        from rlvlm.warmstart import warm_start as run_warm_start
+        # transformers writes model files from rank 0 only once torch.distributed is up, so rank 0 builds.
+        with PartialState().main_process_first():
+            path = str(build_tiny(seed=section.seed, progress=progress))
+    if warm_start is not None:
+        path = warm_start_model(section, path, warm_start, progress=progress)
+    return path
 
-        path = run_warm_start(path, warm_start, progress=progress)
-    return str(path)
+
+def warm_start_model(section: ModelSection, path: str, warm_start: WarmStartSection, progress: bool = True) -> str:
+    """The supervised warm-start of the tiny model at `path` (rlvlm.warmstart, cached in
+    `warm_start_dir`): the warm-started model's directory; `path` itself for any other model or with
+    `warm_start.enabled: false`."""
+    if not (warm_start.enabled and is_tiny(section)):
+        return path
+    from rlvlm.warmstart import warm_start as run_warm_start, warm_start_dir
+
+    out = warm_start_dir(Path(path), warm_start)
+    log.info("warm-start of %s: %s %s", path, "reusing" if (out / "rlvlm_warm_start.json").exists() else "building", out)
+    return str(run_warm_start(path, warm_start, progress=progress))
 
 
 def attn_implementation(section: ModelSection) -> str:

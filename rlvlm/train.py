@@ -241,7 +241,7 @@ def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None
     from rlvlm.composition import bind_policy, load_rewards
     from rlvlm.data.load import load_examples
     from rlvlm.finetune import freeze_vision_tower, peft_config
-    from rlvlm.models import resolve_model
+    from rlvlm.models import resolve_model, warm_start_model
     from rlvlm.prefill import ensure_prefill
     from rlvlm.preflight import check_rewards
 
@@ -257,7 +257,8 @@ def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None
     # now (exit 2, traceback in RUN_DIR/preflight_error.txt), not after the model is built.
     check_rewards(reward_funcs, rows, config.output_dir)
 
-    model_path = resolve_model(recipe.model, recipe.warm_start, progress=progress)
+    model_path = resolve_model(recipe.model, progress=progress)
+    model_path = warm_start_model(recipe.model, model_path, recipe.warm_start, progress=progress)
     if resume_from and not recipe.peft.enabled:
         # The checkpoint holds Qwen2.5-VL's weights under the original key names (`model.layers.*`,
         # `visual.*`: transformers 5 writes them back in that layout), which from_pretrained converts

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 
 def test_the_recipe_imports_no_data_or_perturbation_module():
@@ -25,3 +26,34 @@ def test_the_recipe_imports_no_data_or_perturbation_module():
     lines = out.splitlines()
     assert "keyed by shapes family" in lines[0] and "yelow is not an option of compare questions" in lines[1]
     assert lines[-1] == "[]"
+
+
+def test_the_warm_start_is_its_own_step(monkeypatch, tmp_path, caplog):
+    import logging
+
+    import rlvlm.tiny
+    import rlvlm.warmstart
+    from rlvlm.models import resolve_model, warm_start_model
+    from rlvlm.recipe import ModelSection, WarmStartSection
+
+    base = tmp_path / "tiny-base"
+    runs = []
+    monkeypatch.setattr(rlvlm.tiny, "build_tiny", lambda seed, progress: base)
+
+    def fake_warm_start(path, section, progress=True):
+        runs.append(str(path))
+        return rlvlm.warmstart.warm_start_dir(Path(path), section)
+
+    monkeypatch.setattr(rlvlm.warmstart, "warm_start", fake_warm_start)
+    tiny, other, on = ModelSection(name="tiny"), ModelSection(name="org/model"), WarmStartSection()
+    expected = str(rlvlm.warmstart.warm_start_dir(base, on))  # the cache key is the warm-start's, unchanged
+
+    assert resolve_model(tiny, progress=False) == str(base) and runs == []  # resolving builds no SFT
+    with caplog.at_level(logging.INFO, logger="rlvlm"):
+        assert warm_start_model(tiny, str(base), on, progress=False) == expected
+    assert runs == [str(base)] and any("warm-start of" in r.getMessage() for r in caplog.records)
+    assert warm_start_model(tiny, str(base), WarmStartSection(enabled=False)) == str(base)
+    assert warm_start_model(other, "org/model", on) == "org/model"
+    assert runs == [str(base)]
+    # callers that still pass the section (rlvlm.bench, the follower) get both steps, as before
+    assert resolve_model(tiny, on, progress=False) == expected and resolve_model(other, on) == "org/model"

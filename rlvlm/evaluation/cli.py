@@ -65,7 +65,7 @@ def load_model(name: str, section=None):
 def evaluate_model(args, overrides: dict) -> int:
     """`rlvlm eval MODEL [--recipe R] [--out DIR] [--conditions a,b] [--step N] [--key value ...]`."""
     from rlvlm.data.load import check_dataset
-    from rlvlm.models import check_model_name, is_tiny, resolve_model
+    from rlvlm.models import check_model_name, is_tiny, resolve_model, warm_start_model
     from rlvlm.recipe import ModelSection, RecipeError
 
     recipe = recipe_for_eval(args.recipe, overrides)
@@ -83,7 +83,9 @@ def evaluate_model(args, overrides: dict) -> int:
 
     step = args.step if getattr(args, "step", None) is not None else infer_step(args.model)
     out = Path(args.out) if args.out else default_out(args.model)
-    path = resolve_model(section, recipe.warm_start, progress=not getattr(args, "quiet", False))
+    progress = not getattr(args, "quiet", False)
+    path = resolve_model(section, progress=progress)
+    path = warm_start_model(section, path, recipe.warm_start, progress=progress)
     try:
         model, processor = load_model(path, recipe.model)
     except (OSError, ValueError) as e:  # not a model directory, or one without a processor
