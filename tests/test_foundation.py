@@ -15,6 +15,8 @@ from rlvlm.data import shapes
 from rlvlm.perturb import perturb
 from rlvlm.recipe import WarmStartSection
 
+import shapes_oracles  # tests/shapes_oracles.py: the independent scene-graph oracles
+
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "tiny-shapes.yaml"
 
@@ -60,8 +62,35 @@ def test_tokenizer_knows_the_tags_and_the_option_letters(tiny_model_path):
     assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
 
 
-def _cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "rlvlm", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+class Result:
+    """What a command left: its exit status and what it printed."""
+
+    def __init__(self, returncode: int, stdout: str, stderr: str):
+        self.returncode, self.stdout, self.stderr = returncode, stdout, stderr
+
+
+@pytest.fixture
+def cli(capsys):
+    """`rlvlm ARGS` in this process (rlvlm.cli.main); argparse's --help and usage errors exit via SystemExit."""
+    from rlvlm.cli import main
+
+    def run(*args) -> Result:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
+
+
+def test_the_module_entry_point_exits_with_the_commands_status(tmp_path):
+    """`python -m rlvlm` (the console script's target, rlvlm.cli:main) hands main's status to the shell."""
+    r = subprocess.run([sys.executable, "-m", "rlvlm", "train", str(tmp_path / "missing.yaml")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "does not exist" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize(
@@ -75,39 +104,39 @@ def _cli(*args, cwd=None):
         (["--rewards", "[{name: nope}]"], "Unknown reward 'nope'"),
     ],
 )
-def test_bad_overrides_exit_2_with_a_message(args, needle, tmp_path):
-    r = _cli("train", str(RECIPE), "--output_dir", str(tmp_path / "run"), *args)
+def test_bad_overrides_exit_2_with_a_message(args, needle, tmp_path, cli):
+    r = cli("train", str(RECIPE), "--output_dir", str(tmp_path / "run"), *args)
     assert r.returncode == 2, r.stderr
     assert needle in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run").exists()
 
 
-def test_missing_and_broken_recipes_exit_2(tmp_path):
-    r = _cli("train", str(tmp_path / "missing.yaml"))
+def test_missing_and_broken_recipes_exit_2(tmp_path, cli):
+    r = cli("train", str(tmp_path / "missing.yaml"))
     assert r.returncode == 2 and "does not exist" in r.stderr
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: x\nmodel: [unclosed\n")
-    r = _cli("train", str(broken))
+    r = cli("train", str(broken))
     assert r.returncode == 2 and "not valid YAML" in r.stderr and "Traceback" not in r.stderr
     listy = tmp_path / "list.yaml"
     listy.write_text("- a\n- b\n")
-    assert _cli("train", str(listy)).returncode == 2
+    assert cli("train", str(listy)).returncode == 2
 
 
-def test_existing_run_dir_is_refused_not_overwritten(tmp_path):
+def test_existing_run_dir_is_refused_not_overwritten(tmp_path, cli):
     run = tmp_path / "run"
     run.mkdir()
     (run / "keep.txt").write_text("mine")
-    r = _cli("train", str(RECIPE), "--output_dir", str(run))
+    r = cli("train", str(RECIPE), "--output_dir", str(run))
     assert r.returncode == 2 and "already exists" in r.stderr and "--resume_from_checkpoint" in r.stderr
     assert (run / "keep.txt").read_text() == "mine"
-    r = _cli("train", str(RECIPE), "--output_dir", str(run), "--resume_from_checkpoint", "true")
-    assert r.returncode == 2 and "no checkpoint" in r.stderr
+    r = cli("train", str(RECIPE), "--output_dir", str(run), "--resume_from_checkpoint", "true")
+    assert r.returncode == 2 and "no complete checkpoint" in r.stderr
 
 
-def test_every_command_has_help():
-    for command in ("train", "eval", "report"):
-        r = _cli(command, "--help")
+def test_every_command_has_help(cli):
+    for command in ("train", "eval", "report", "sweep", "bench"):
+        r = cli(command, "--help")
         assert r.returncode == 0 and "usage" in r.stdout
 
 
@@ -145,7 +174,7 @@ def test_warm_start_mix_has_mostly_true_captions():
         text = row["prompt"][-1]["content"][-1]["text"]
         first_line = text.split("\n")[0]
         if first_line != ex["question"]:  # a caption precedes the question
-            if shapes.statement_is_true(ex, first_line):
+            if shapes_oracles.statement_is_true(ex, first_line):
                 true_captions += 1
             else:
                 false_captions += 1
@@ -178,7 +207,7 @@ def test_a_confused_teacher_answers_the_option_it_confuses_with_reasoning_that_i
             wrong += 1
             assert ex["options"][ord(letter) - ord("A")] == "green"
             think = response.split("<think>")[1].split("</think>")[0]
-            assert not shapes.statement_is_true(ex, think)
+            assert not shapes_oracles.statement_is_true(ex, think)
             assert consistency_reward([row["completion"]], options=[ex["options"]]) == [1.0]
     assert confusable > 30 and abs(wrong / confusable - 0.7) < 0.15
     assert sft_rows(WarmStartSection(n_examples=64, teacher_confusions={"compare": {"yellow": "green"}})) == sft_rows(
@@ -218,6 +247,7 @@ def test_a_teacher_filtered_on_answers_keeps_gold_answers_after_wrong_reasoning(
         WarmStartSection(teacher_confusions={"compare": {"yelow": "green"}})
 
 
+@pytest.mark.slow
 def test_two_step_grpo_run_writes_a_checkpoint_that_reloads_and_generates(tiny_model_path, tmp_path, capsys):
     """`rlvlm train` end to end on the (untrained) tiny model: checkpoints, trace, reload, generate."""
     recipe = yaml.safe_load(RECIPE.read_text())
@@ -259,6 +289,22 @@ def test_two_step_grpo_run_writes_a_checkpoint_that_reloads_and_generates(tiny_m
     assert any(not torch.equal(p, q) for p, q in zip(start.state_dict().values(), model.state_dict().values()))
 
 
+def test_vision_pretraining_trains_the_vision_tower_alone(tiny_model_path):
+    """Two steps of the vision warm-up (the slow test below runs the default section to the end): a probe
+    for colour, shape, row and column per merged token; the vision tower moves, the decoder does not."""
+    from rlvlm.warmstart import pretrain_vision
+
+    processor = AutoProcessor.from_pretrained(tiny_model_path)
+    model = AutoModelForImageTextToText.from_pretrained(tiny_model_path)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    probe = pretrain_vision(model, processor, WarmStartSection(vision_steps=2, n_examples=64), progress=False)
+    assert probe.in_features == model.config.vision_config.out_hidden_size
+    assert probe.out_features == 5 + 5 + shapes.GRID + shapes.GRID  # colours/shapes and "empty", rows, columns
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(n.startswith("model.visual.") for n in moved), sorted(moved)[:5]
+
+
+@pytest.mark.slow
 def test_vision_pretraining_makes_every_cell_readable(tiny_model_path):
     """After the vision warm-up (the default section's steps and learning rate) a linear probe reads
     each held-out cell's colour, shape, row and column off the merged vision tokens the decoder sees."""
@@ -348,6 +394,7 @@ def test_wandb_logs_offline_only_when_no_key_and_no_mode_is_set(no_wandb_key, mo
     assert not default_wandb_offline(["wandb"]) and "WANDB_MODE" not in os.environ
 
 
+@pytest.mark.slow
 def test_report_to_wandb_without_a_key_runs_offline_with_the_evaluator_tables(tiny_model_path, no_wandb_key, tmp_path):
     """Without the default, wandb.init stops the run: "No API key configured"."""
     recipe = {
