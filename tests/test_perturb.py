@@ -16,6 +16,8 @@ from rlvlm.perturb import (
     perturb,
 )
 
+import shapes_oracles  # tests/shapes_oracles.py: the independent scene-graph oracles
+
 
 @pytest.fixture(scope="module")
 def examples():
@@ -110,15 +112,15 @@ def test_think_prefixes(examples):
                 assert body == perturb(ex, "wrong_think", seed=i)["think_prefix"][len("<think>"):]
             text = ex["options"][ord(p["target"]) - 65]
             assert body.endswith(f"So the answer is ({p['target']}) {text}.")
-            assert shapes.statement_is_true(ex, body) is (condition == "correct_think")
+            assert shapes_oracles.statement_is_true(ex, body) is (condition == "correct_think")
 
 
 def test_captions_true_and_false(examples):
     for i, ex in enumerate(examples):
         correct = perturb(ex, "correct_caption", seed=i)
-        assert shapes.statement_is_true(ex, correct["caption"])
+        assert shapes_oracles.statement_is_true(ex, correct["caption"])
         wrong = perturb(ex, "wrong_caption", seed=i)
-        assert not shapes.statement_is_true(ex, wrong["caption"])
+        assert not shapes_oracles.statement_is_true(ex, wrong["caption"])
         assert wrong["think_prefix"] is None
         hedged = perturb(ex, "wrong_caption_hedge", seed=i)
         assert hedged["caption"] == wrong["caption"] + " But I could be wrong."

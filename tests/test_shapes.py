@@ -8,6 +8,8 @@ from PIL import Image
 
 from rlvlm.data import shapes
 
+import shapes_oracles  # tests/shapes_oracles.py: the independent scene-graph oracles
+
 N = 400
 
 
@@ -82,16 +84,16 @@ def test_balance(train):
 
 def test_answers_recheck_from_pixels(train):
     for ex in train:
-        assert shapes.scene_from_image(ex["image"]) == ex["scene"], ex["id"]
-        assert shapes.check_answer(ex) == ex["answer"], ex["id"]
-        assert shapes.check_answer(ex, from_pixels=False) == ex["answer"], ex["id"]
+        assert shapes_oracles.scene_from_image(ex["image"]) == ex["scene"], ex["id"]
+        assert shapes_oracles.check_answer(ex) == ex["answer"], ex["id"]
+        assert shapes_oracles.check_answer(ex, from_pixels=False) == ex["answer"], ex["id"]
 
 
 @pytest.mark.parametrize("size", [84, 224])
 def test_answers_recheck_other_sizes(size):
     for ex in shapes.generate_examples("eval", 48, seed=2, image_size=size):
         assert ex["image"].size == (size, size)
-        assert shapes.check_answer(ex) == ex["answer"], ex["id"]
+        assert shapes_oracles.check_answer(ex) == ex["answer"], ex["id"]
 
 
 def test_cot_and_caption_truth(train):
@@ -104,12 +106,12 @@ def test_cot_and_caption_truth(train):
                 assert cot.endswith(f"So the answer is ({letter}) {text}.")
                 assert "<" not in cot
                 assert len(cot.split()) <= 34, cot  # fits the embedded default's 64 completion tokens (<= 47 measured)
-                assert shapes.statement_is_true(ex, cot) is gold, cot
+                assert shapes_oracles.statement_is_true(ex, cot) is gold, cot
                 # the facts themselves (not only the conclusion) are true / false
-                assert shapes.statement_is_true(ex, cot, include_conclusion=False) is gold, cot
+                assert shapes_oracles.statement_is_true(ex, cot, include_conclusion=False) is gold, cot
                 cap = shapes.caption_for(ex, letter, seed=seed)
                 assert cap.endswith(".") and cap.count(".") == 1
-                assert shapes.statement_is_true(ex, cap) is gold, cap
+                assert shapes_oracles.statement_is_true(ex, cap) is gold, cap
 
 
 def test_phrasings_vary_with_seed(train):
@@ -122,7 +124,7 @@ def test_phrasings_vary_with_seed(train):
 def test_statement_checks_are_strict(train):
     ex = next(e for e in train if e["family"] == "count")
     with pytest.raises(ValueError):
-        shapes.statement_is_true(ex, "Nothing checkable here.")
+        shapes_oracles.statement_is_true(ex, "Nothing checkable here.")
     with pytest.raises(ValueError):
         shapes.cot_for(ex, "E")
 
