@@ -300,6 +300,7 @@ def test_api_key_never_reaches_the_recipe_or_reprs(monkeypatch):
 # ------------------------------------------------------------------ inside TRL
 
 
+@pytest.mark.slow
 def test_grpo_run_logs_components_and_keeps_going_when_the_judge_is_down(tiny_model_path, tmp_path):
     """Two GRPO steps on the (untrained) tiny model with accuracy×counterfactual, accuracy×judge
     (judge down), and format: rewards get TRL's columns, metrics reach the trainer's logs."""
@@ -342,6 +343,7 @@ def test_bind_policy_ignores_rewards_without_a_policy():
     assert isinstance(funcs[0], Reward)
 
 
+@pytest.mark.slow
 def test_counterfactual_scores_inside_grpo(tiny_model_path, tmp_path):
     """TRL hands the counterfactual scorer its prompts, image and option columns; with responses
     pre-filled up to a closed answer block, every completion is scored by forward passes."""

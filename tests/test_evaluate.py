@@ -375,7 +375,8 @@ class CaptureLogs:
 
 @pytest.fixture(scope="module")
 def trained_run(tiny_model_path, tmp_path_factory):
-    """max_steps 2, save_steps 1: evaluations at steps 0, 1, 2."""
+    """max_steps 2, save_steps 1: evaluations at steps 0, 1, 2 (it trains: only slow tests use it; the
+    evaluator and its callback on the untrained tiny model are tested above, in the default run)."""
     from rlvlm.train import build_trainer
 
     tmp = tmp_path_factory.mktemp("grpo")
@@ -387,6 +388,7 @@ def trained_run(tiny_model_path, tmp_path_factory):
     return {"dir": tmp / "run", "raw": raw, "tmp": tmp, "logs": capture.logs}
 
 
+@pytest.mark.slow
 def test_callback_fires_at_step0_and_each_save(trained_run):
     eval_dir = trained_run["dir"] / "eval"
     rows = trace.read_jsonl(eval_dir / "trace.jsonl")
@@ -408,6 +410,7 @@ def test_callback_fires_at_step0_and_each_save(trained_run):
         assert "eval_shapes/wrong_think/option_entropy" in logs and "eval_shapes/base/think_words" in logs
 
 
+@pytest.mark.slow
 def test_resume_never_duplicates_or_drops(trained_run, tmp_path):
     from rlvlm.train import build_trainer
 
@@ -432,6 +435,7 @@ def test_resume_never_duplicates_or_drops(trained_run, tmp_path):
             assert same_row(redone[r["condition"]], r), "resume must restore the checkpoint's weights"
 
 
+@pytest.mark.slow
 def test_cli_eval_of_checkpoint_reproduces_training_rows(trained_run, tmp_path):
     from rlvlm.cli import main
 

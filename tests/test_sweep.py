@@ -2,10 +2,7 @@
 re-run, and the ablation files."""
 
 import json
-import os
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -43,9 +40,17 @@ def write_sweep(path: Path, configs: dict, seeds=(0, 1), overrides=None, **extra
     return path
 
 
-def _cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "rlvlm", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+def _cli(capsys, *args):
+    """`rlvlm ARGS` in this process: (exit status, stdout, stderr); --help exits through SystemExit."""
+    from rlvlm.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -106,19 +111,20 @@ def test_overrides_merge_into_sections_and_the_command_line_wins(tmp_path):
         ({"a": {}, "b": {"augmentation": {"probs": {"wrong": 0.1}}}}, {}, "unknown augmentation condition(s) ['wrong']"),
     ],
 )
-def test_malformed_sweep_exits_2_before_any_model_is_built(tmp_path, configs, extra, needle):
+def test_malformed_sweep_exits_2_before_any_model_is_built(tmp_path, configs, extra, needle, capsys, monkeypatch):
     sweep = write_sweep(tmp_path / "sweep.yaml", configs, **extra)
     cache = tmp_path / "cache"
     cache.mkdir()
-    r = _cli("sweep", str(sweep), "--output_dir", str(tmp_path / "out"), env={"RLVLM_CACHE": str(cache)})
-    assert r.returncode == 2, r.stderr[-2000:]
-    assert needle in r.stderr and "Traceback" not in r.stderr
+    monkeypatch.setenv("RLVLM_CACHE", str(cache))
+    code, _, err = _cli(capsys, "sweep", sweep, "--output_dir", tmp_path / "out")
+    assert code == 2, err[-2000:]
+    assert needle in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() and not any(cache.iterdir())
 
 
-def test_sweep_help():
-    r = _cli("sweep", "--help")
-    assert r.returncode == 0 and "ablation.json" in r.stdout
+def test_sweep_help(capsys):
+    code, out, _ = _cli(capsys, "sweep", "--help")
+    assert code == 0 and "ablation.json" in out
 
 
 # ============================================================================ run states and the ablation
@@ -212,6 +218,7 @@ def test_run_states_from_what_the_directory_holds(tmp_path):
 # ============================================================================ end to end
 
 
+@pytest.mark.slow
 def test_tiny_sweep_trains_skips_and_resumes(tiny_model_path, tmp_path, capsys):
     """2 configurations x 2 seeds of 2 GRPO steps: the ablation matches the traces; a re-run touches
     nothing; a run cut off after checkpoint-1 is resumed from it."""
