@@ -109,6 +109,7 @@ def test_plain_trl_side_refuses_gated_rewards(model_dir, tmp_path):
         bench.plain_trainer(bench.bench_recipe(TINY, tmp_path, bench.WITH_COUNTERFACTUAL), model_dir)
 
 
+@pytest.mark.slow
 def test_side_by_side_yields_every_ratio(model_dir, tmp_path):
     runs = bench.side_by_side(TINY, model_dir, tmp_path)
     assert {k: len(v) for k, v in runs.items()} == {"rlvlm": 1, "trl": 1, "counterfactual": 1, "eval_seconds": 1}
@@ -122,6 +123,7 @@ def test_side_by_side_yields_every_ratio(model_dir, tmp_path):
     assert ratio["value"] == pytest.approx(ratio["rlvlm_step_seconds"] / ratio["trl_step_seconds"])
 
 
+@pytest.mark.slow
 def test_peak_memory_of_the_main_job(model_dir, tmp_path):
     out = bench.peak_memory(TINY, tmp_path)
     assert out["steps"] == 1 and 100 < out["value"] < 64_000
@@ -147,6 +149,7 @@ def test_padded_tokenizer_decodes_every_model_id(tiny_model_path):
     assert grid.tolist() == [[1, 32, 32]]  # Qwen2.5-VL's pixel limits: 448 px stays 448 px (256 merged tokens)
 
 
+@pytest.mark.slow
 def test_gpu_throughput_path_on_cpu(tiny_model_path):
     gs = bench.GpuSettings(sizes=TINY_SIZE, image_size=112, completion_length=8, num_generations=4,
                            warmup_steps=1, timed_steps=1, lora=False, eval_items=4, eval_batch_size=2, eval_new_tokens=6)
@@ -165,9 +168,36 @@ def test_gpu_throughput_path_on_cpu(tiny_model_path):
     assert rows[-1] == "vllm_colocate skipped: no CUDA device"
 
 
-def test_gpu_only_without_a_gpu_exits_2():
-    r = subprocess.run([sys.executable, "-m", "rlvlm", "bench", "--gpu-only"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "no CUDA device" in r.stderr and "Traceback" not in r.stderr
+def test_gpu_only_without_a_gpu_exits_2(capsys, monkeypatch):
+    import torch
+
+    from rlvlm.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(bench, "bench_cli", lambda args: pytest.fail("bench ran without a GPU"))
+    assert main(["bench", "--gpu-only"]) == 2
+    err = capsys.readouterr().err
+    assert "no CUDA device" in err and "Traceback" not in err
+
+
+def test_summarise_on_stand_in_runs():
+    """The three ratios from measured step times (the slow test above measures them for real)."""
+    def run(*seconds, scorer=None):
+        return {"step_seconds": list(seconds), "scorer_seconds": list(scorer or [0.0] * len(seconds)),
+                "mean_completion_length": 8.0}
+
+    runs = {"rlvlm": [run(1.1, 1.3)], "trl": [run(1.0, 1.0)], "eval_seconds": [30.0],
+            "counterfactual": [{**run(2.0, 3.0, scorer=[0.5, 1.0]), "full_batch_seconds": 2.4}]}
+    metrics = bench.summarise(runs, save_every=50)
+    assert set(metrics) == {"trainer_overhead_ratio", "eval_cost_fraction", "counterfactual_reward_fraction"}
+    ratio = metrics["trainer_overhead_ratio"]
+    assert ratio["value"] == pytest.approx(1.2) and ratio["rlvlm_step_seconds"] == pytest.approx(1.2)
+    assert metrics["eval_cost_fraction"]["value"] == pytest.approx(30.0 / (1.2 * 50))
+    scorer = metrics["counterfactual_reward_fraction"]
+    assert scorer["value"] == pytest.approx((0.5 / 1.5 + 1.0 / 2.0) / 2)  # the scorer's share of the rest, median
+    assert scorer["full_batch_bound"] == pytest.approx(2.0)
+    for m in metrics.values():
+        assert positive_finite(m["value"])
 
 
 def test_gpu_settings_take_the_7b_recipes_per_device_batch():
