@@ -316,16 +316,15 @@ def test_follower_evaluates_checkpoints_as_they_appear_and_logs_to_the_run(tmp_p
     fake_wandb.init, fake_wandb.Settings, fake_wandb.Table = init, Settings, lambda columns, data: data
     monkeypatch.setitem(sys.modules, "wandb", fake_wandb)
     trainer = threading.Thread(target=train_run, args=(raw,))
-    started = time.time()
     trainer.start()
     while not (run / RESOLVED_RECIPE).is_file():  # rlvlm train writes it before building the trainer
-        assert time.time() - started < 120 and trainer.is_alive()
+        assert trainer.is_alive()
         time.sleep(0.1)
     # what WandbRunRecorder writes for an online run (report_to: none here: no real wandb run)
     (run / "wandb_run.json").write_text(json.dumps({"id": "abc123", "project": "p", "entity": "e", "mode": "online"}))
     code = follow_module.Follower(run, progress=False).run(poll_seconds=0.5, max_wait_seconds=120)
     trainer.join()
-    assert code == 0 and time.time() - started < 600
+    assert code == 0
     assert sorted({k[0] for k in rows_by_key(run / "eval")}) == [0, 4, 6]  # every 2nd save (4), the last (6)
     (init_kwargs,) = inits
     assert init_kwargs["id"] == "abc123" and init_kwargs["resume"] == "allow"

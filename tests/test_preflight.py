@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import time
 from pathlib import Path
 
 import pytest
@@ -42,12 +41,11 @@ def no_model(monkeypatch):
     return built
 
 
-def run_cli(capsys, *argv) -> tuple[int, str, float]:
+def run_cli(capsys, *argv) -> tuple[int, str]:
     from rlvlm.cli import main
 
-    t0 = time.perf_counter()
     code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err, time.perf_counter() - t0
+    return code, capsys.readouterr().err
 
 
 def error_line(err: str, command: str) -> str:
@@ -103,7 +101,7 @@ def test_train_stops_before_the_model_when_a_judge_gate_is_down(tmp_path, capsys
     base_url = closed_port_url()
     rewards = f"[{{name: accuracy, gate: [{{name: judge, kwargs: {{base_url: '{base_url}', timeout: 2}}}}]}}]"
     run = tmp_path / "run"
-    code, err, seconds = run_cli(capsys, "train", RECIPE, "--output_dir", run, "--rewards", rewards,
+    code, err = run_cli(capsys, "train", RECIPE, "--output_dir", run, "--rewards", rewards,
                                  "--data.train.n", 8)
     assert code == 2, err
     message = error_line(err, "train")
@@ -111,13 +109,13 @@ def test_train_stops_before_the_model_when_a_judge_gate_is_down(tmp_path, capsys
     assert "the 'judge' gate of reward 'accuracy*judge'" in message
     assert "Start the judge server" in message and "base_url" in message and "switch the scorer" in message
     assert "Traceback" not in err
-    assert not no_model and seconds < 30
+    assert not no_model
     assert not run.exists() or not any(run.iterdir())  # nothing written: the same command can run again
 
 
 def test_train_probes_an_inline_evaluation_judge(tmp_path, capsys, no_model):
     base_url = closed_port_url()
-    code, err, _ = run_cli(capsys, "train", RECIPE, "--output_dir", tmp_path / "run", "--data.train.n", 8,
+    code, err = run_cli(capsys, "train", RECIPE, "--output_dir", tmp_path / "run", "--data.train.n", 8,
                            "--evaluation.faithfulness", "judge",
                            "--evaluation.faithfulness_kwargs", f"{{base_url: '{base_url}'}}")
     assert code == 2 and base_url in err and "evaluation.faithfulness" in err and "Traceback" not in err
@@ -126,13 +124,13 @@ def test_train_probes_an_inline_evaluation_judge(tmp_path, capsys, no_model):
 
 def test_eval_stops_before_the_model_when_the_faithfulness_judge_is_down(tmp_path, capsys, no_model):
     base_url = closed_port_url()
-    code, err, seconds = run_cli(capsys, "eval", "tiny", "--recipe", RECIPE, "--out", tmp_path / "eval",
+    code, err = run_cli(capsys, "eval", "tiny", "--recipe", RECIPE, "--out", tmp_path / "eval",
                                  "--evaluation.faithfulness", "judge",
                                  "--evaluation.faithfulness_kwargs", f"{{base_url: '{base_url}', timeout: 2}}")
     assert code == 2, err
     assert base_url + "/chat/completions" in err and "evaluation.faithfulness" in err
     assert "Start the judge server" in err and "evaluation.faithfulness: rule" in err
-    assert "Traceback" not in err and not no_model and seconds < 30
+    assert "Traceback" not in err and not no_model
 
 
 def test_follower_stops_before_the_model_when_the_faithfulness_judge_is_down(tmp_path, capsys, no_model):
@@ -145,7 +143,7 @@ def test_follower_stops_before_the_model_when_the_faithfulness_judge_is_down(tmp
     recipe = load_recipe(RECIPE, {"evaluation.faithfulness": "judge", "evaluation.mode": "follow",
                                   "evaluation.faithfulness_kwargs": {"base_url": base_url, "timeout": 2}})
     (run / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved()))
-    code, err, _ = run_cli(capsys, "eval", "--follow", run, "--max_wait", 1)
+    code, err = run_cli(capsys, "eval", "--follow", run, "--max_wait", 1)
     assert code == 2, err
     assert base_url + "/chat/completions" in error_line(err, "eval") and "Traceback" not in err
     assert not no_model and not (run / "eval").exists()
@@ -209,11 +207,11 @@ def test_train_stops_before_the_model_on_a_failing_reward(name, expected, tmp_pa
     run = tmp_path / "run"
     argv = ["--output_dir", str(run), "--data.train.n", "8",
             "--rewards", f"[{{name: format, weight: 0.1}}, {{name: '{plugin}:{name}', gate: [consistency]}}]"]
-    code, err, seconds = run_cli(capsys, "train", RECIPE, *argv)
+    code, err = run_cli(capsys, "train", RECIPE, *argv)
     assert code == 2, err
     error_file = run / PREFLIGHT_ERROR
     assert f"Reward '{name}*consistency'" in err and expected in err and str(error_file) in err
-    assert "Traceback" not in err and not no_model and seconds < 60
+    assert "Traceback" not in err and not no_model
     saved = error_file.read_text()
     assert "Traceback (most recent call last)" in saved and expected.split(":")[0] in saved
     # the attempt left no run to protect: the same command may run again once the reward is fixed

@@ -350,15 +350,14 @@ def test_think_conclusion():
     assert think_conclusion("answer is C", None) is None
 
 
-def test_linear_time_on_adversarial_input():
-    import time
-
+def test_adversarial_input_is_scored():
+    """Input built to make a backtracking pattern take quadratic (or worse) time: 20 000 repeats each of
+    a conclusion phrase and a letter, and 2 000 unclosed answer tags. The parsers answer (no closed
+    answer block: 0 everywhere) instead of hanging; a regression shows as a hung test, not a timing."""
     big = "<think>" + "answer is " * 20_000 + "(B) " * 20_000 + "</think>" + "<answer>" * 2000
-    t0 = time.perf_counter()
-    consistency_reward([big], options=[OPTS])
-    accuracy_reward([big], answer=["B"], options=[OPTS])
-    format_reward([big])
-    assert time.perf_counter() - t0 < 2.0
+    assert consistency_reward([big], options=[OPTS]) == [0.0]
+    assert accuracy_reward([big], answer=["B"], options=[OPTS]) == [0.0]
+    assert format_reward([big]) == [0.0]
 
 
 # ------------------------------------------------------------------ the gold rule (rewards.options)

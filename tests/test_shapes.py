@@ -59,8 +59,12 @@ def test_render_is_pure(train):
 
 
 def test_splits_disjoint(train):
-    def keys(exs):
-        return {shapes._key(e["scene"], e["question"]) for e in exs}
+    def keys(exs):  # a pair's identity: the question and the scene's objects, in any order
+        return {(e["question"], e["scene"]["grid"], frozenset(tuple(sorted(o.items())) for o in e["scene"]["objects"]))
+                for e in exs}
+
+    for split in shapes.SPLITS:  # the split that owns a pair is the split that generated it
+        assert {shapes.split_of(e["scene"], e["question"]) for e in shapes.generate_examples(split, 100)} == {split}
 
     tr = keys(train) | keys(shapes.generate_examples("train", 300, seed=7))
     ev = keys(shapes.generate_examples("eval", 300)) | keys(shapes.generate_examples("eval", 300, seed=7))
@@ -129,12 +133,16 @@ def test_statement_checks_are_strict(train):
         shapes.cot_for(ex, "E")
 
 
-def test_generation_is_fast():
-    import time
-
-    t = time.perf_counter()
-    shapes.generate_examples("train", 2000, seed=11)
-    assert time.perf_counter() - t < 3.0
+def test_generation_draws_few_scenes_per_example(monkeypatch):
+    """Rejection sampling keeps the pairs a split owns (train owns 3 in 5): about 5/3 scenes drawn per
+    train example, 5 per eval or test example, never a runaway loop."""
+    calls = []
+    owner = shapes.split_of
+    monkeypatch.setattr(shapes, "split_of", lambda scene, question: calls.append(1) or owner(scene, question))
+    for split, bound in (("train", 2.0), ("eval", 6.5), ("test", 6.5)):
+        calls.clear()
+        assert len(shapes.generate_examples(split, 800, seed=11)) == 800
+        assert len(calls) < bound * 800, (split, len(calls) / 800)
 
 
 def test_options_in_natural_order_with_gold_at_drawn_letter():
