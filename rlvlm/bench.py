@@ -158,10 +158,10 @@ def bench_recipe(settings: Settings, out_dir: Path, rewards: list[dict] | None =
 
 def model_path(settings: Settings) -> str:
     """The model every measurement shares: the recipe's (warm-started, cached) tiny model."""
-    from rlvlm.models import resolve_model
+    from rlvlm.models import resolve_model, warm_start_model
 
     recipe = bench_recipe(settings, Path(tempfile.gettempdir()))
-    return resolve_model(recipe.model, recipe.warm_start, progress=False)
+    return warm_start_model(recipe.model, resolve_model(recipe.model, progress=False), recipe.warm_start, progress=False)
 
 
 def rlvlm_trainer(recipe):

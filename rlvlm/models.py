@@ -27,11 +27,9 @@ def check_model_name(section: ModelSection) -> None:
         raise RecipeError(f"Model path '{name}' does not exist.")
 
 
-def resolve_model(section: ModelSection, warm_start: WarmStartSection | None = None, progress: bool = True) -> str:
+def resolve_model(section: ModelSection, progress: bool = True) -> str:
     """The base model: the tiny alias builds the embedded model, cached; anything else passes through.
-
-    The warm-start is a step of its own (`warm_start_model`), which `rlvlm train` and `rlvlm eval` call
-    after this one. Given `warm_start`, this runs that step too, for callers that take both at once."""
+    The warm-start is a step of its own (`warm_start_model`), which every caller runs after this one."""
     if not is_tiny(section):
         path = str(Path(section.name).expanduser()) if Path(section.name).expanduser().exists() else section.name
     else:
@@ -42,8 +40,6 @@ def resolve_model(section: ModelSection, warm_start: WarmStartSection | None = N
         # transformers writes model files from rank 0 only once torch.distributed is up, so rank 0 builds.
         with PartialState().main_process_first():
             path = str(build_tiny(seed=section.seed, progress=progress))
-    if warm_start is not None:
-        path = warm_start_model(section, path, warm_start, progress=progress)
     return path
 
 

@@ -120,9 +120,10 @@ class Follower:
         self.wandb = WandbLink(self.run_dir, self.section.n_samples_table)
 
     def start_model(self) -> str:
-        from rlvlm.models import resolve_model
+        from rlvlm.models import resolve_model, warm_start_model
 
-        return resolve_model(self.recipe.model, self.recipe.warm_start, progress=self.progress)
+        base = resolve_model(self.recipe.model, progress=self.progress)
+        return warm_start_model(self.recipe.model, base, self.recipe.warm_start, progress=self.progress)
 
     def pending(self) -> tuple[list[tuple[int, str]], bool]:
         """(step, model) pairs still to evaluate, oldest first, and whether the run has finished. A step
