@@ -23,6 +23,16 @@ CONDITIONS = (
 )
 
 
+def check_conditions(names) -> tuple[str, ...]:
+    """The condition names as a tuple, all eight when `names` is None; ValueError naming any unknown one."""
+    if names is None:
+        return CONDITIONS
+    unknown = [c for c in names if c not in CONDITIONS]
+    if unknown:
+        raise ValueError(f"unknown condition(s) {unknown}; valid: {', '.join(CONDITIONS)}")
+    return tuple(names)
+
+
 def check_probs(probs: dict[str, float]) -> None:
     """ValueError unless ``probs`` maps known conditions to numbers in [0, 1] summing to at most 1."""
     unknown = [k for k in probs if k not in CONDITIONS]

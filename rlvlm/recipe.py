@@ -232,14 +232,11 @@ class EvaluationSection(Section):
     @field_validator("conditions")
     @classmethod
     def _known_conditions(cls, value):
-        from rlvlm.conditions import CONDITIONS
+        from rlvlm.conditions import CONDITIONS, check_conditions
 
-        if value is not None:
-            if not value:
-                raise ValueError(f"an empty list evaluates nothing; leave it unset for all of {', '.join(CONDITIONS)}")
-            unknown = [c for c in value if c not in CONDITIONS]
-            if unknown:
-                raise ValueError(f"unknown condition(s) {unknown}; valid: {', '.join(CONDITIONS)}")
+        if value is not None and not value:
+            raise ValueError(f"an empty list evaluates nothing; leave it unset for all of {', '.join(CONDITIONS)}")
+        check_conditions(value)
         return value
 
 

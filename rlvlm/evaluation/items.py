@@ -31,14 +31,10 @@ def load_eval_sets(recipe) -> dict[str, list[dict]]:
 
 
 def resolve_conditions(conditions) -> tuple[str, ...]:
-    from rlvlm.perturb import CONDITIONS
+    """The conditions to evaluate: all eight when none are named (None or empty)."""
+    from rlvlm.conditions import check_conditions
 
-    if not conditions:
-        return CONDITIONS
-    unknown = [c for c in conditions if c not in CONDITIONS]
-    if unknown:
-        raise ValueError(f"unknown condition(s) {unknown}; valid: {', '.join(CONDITIONS)}")
-    return tuple(conditions)
+    return check_conditions(conditions or None)
 
 
 def prepare_items(eval_sets: dict[str, list[dict]], conditions, seed: int = 0) -> list[dict]:
