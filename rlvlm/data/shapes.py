@@ -33,10 +33,11 @@ from PIL import Image, ImageDraw
 
 # The vocabulary (colours, shapes, families, relations, counts, each family's option texts) lives in
 # rlvlm.conditions, where the recipe validates warm_start.teacher_confusions against it.
+from rewards.options import LETTERS as OPTION_LETTERS
 from rlvlm.conditions import COLORS, COUNT_OPTIONS, FAMILIES, FAMILY_OPTIONS, RELATIONS, SHAPES  # noqa: F401
 
 SOURCE = "shapes"
-LETTERS = "ABCD"
+LETTERS = OPTION_LETTERS[:4]  # every shapes question has four options
 GRID = 3
 IMAGE_SIZE = GRID * 28  # one merged Qwen2.5-VL vision token per cell
 MIN_OBJECTS, MAX_OBJECTS = 3, 5
