@@ -1,15 +1,18 @@
-"""Counterfactual faithfulness scorer: text edits, and the forced answer of a tiny model that has
-learned to copy its CoT's conclusion letter (~100 plain torch steps, 20-40 s on two CPU cores)."""
+"""Counterfactual faithfulness scorer: text edits; the scorer's checks against a stand-in model that
+answers its CoT's conclusion letter; and (slow) the forced answer of a tiny model fine-tuned to copy
+that letter (~100 plain torch steps, 20-40 s on two CPU cores)."""
 
 from __future__ import annotations
 
+import copy
 import gc
+import json
 import random
+import re
 
 import pytest
 
 from rewards.counterfactual import (
-    _permute_prompt,
     derangement,
     forced_option_probs,
     make_counterfactual_reward,
@@ -43,12 +46,65 @@ def test_permute_option_lines():
     assert permute_option_lines("A. yellow\nB. red\nC. blue", OPTS, [1, 0, 3, 2]) is None  # one missing
 
 
-def test_permute_prompt_keeps_image_parts_and_other_messages():
+class RenderingProcessor:
+    """Stands in for a processor: renders a conversation as JSON and keeps each conversation it renders."""
+
+    def __init__(self):
+        self.rendered = []
+
+    def apply_chat_template(self, prompt, add_generation_prompt=True, tokenize=False):
+        self.rendered.append(copy.deepcopy(prompt))
+        return json.dumps(prompt)
+
+
+def copying_option_probs(model, processor, texts, images, n_options, batch_size=32):
+    """Stands in for forced_option_probs with a model that answers the letter its CoT concludes."""
+    out = []
+    for text, n in zip(texts, n_options):
+        letters = re.findall(r"answer is \(([A-Z])\)", text.rsplit("<think>", 1)[-1])
+        out.append([float("ABCD"[k] == letters[-1]) if letters else 1.0 / n for k in range(n)])  # filler: uniform
+    return out
+
+
+def test_shuffle_check_permutes_the_option_lines_and_keeps_the_rest(monkeypatch):
+    """The shuffle check renders the prompt with its option lines deranged (the image part, the question
+    and other messages as they were, the caller's prompt untouched) and the CoT's letters remapped."""
+    import rewards.counterfactual as cf
+
+    monkeypatch.setattr(cf, "forced_option_probs", copying_option_probs)
+    text = "Q?\nA. yellow\nB. red\nC. blue\nD. green"
+    prompt = [{"role": "system", "content": "Be brief."},
+              {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    original = copy.deepcopy(prompt)
+    processor = RenderingProcessor()
+    reward = make_counterfactual_reward(checks=["shuffle"]).bind(object(), processor, collective=False)
+    completions = ["<think>So the answer is (B) red.</think><answer>B</answer>",
+                   "<think>So the answer is (B) red.</think><answer>C</answer>"]
+    assert reward(completions, prompts=[prompt] * 2, options=[OPTS] * 2) == [1.0, 0.0]
+    assert prompt == original
+    (shuffled,) = processor.rendered  # one shuffled rendering for the two rows of one prompt
+    assert shuffled[0] == prompt[0] and shuffled[1]["content"][0] == {"type": "image"}
+    question, *lines = shuffled[1]["content"][1]["text"].split("\n")
+    assert question == "Q?" and [line[:3] for line in lines] == ["A. ", "B. ", "C. ", "D. "]
+    moved = [OPTS.index(line[3:]) for line in lines]  # the option now at each letter
+    assert sorted(moved) == [0, 1, 2, 3] and all(k != j for j, k in enumerate(moved))
+    assert reward.stats == {**reward.stats, "scored": 2, "forwards": 1}
+
+
+def test_a_process_with_fewer_requests_pads_to_the_largest_batch_count(monkeypatch):
+    """Collective forwards (FSDP / ZeRO-3): with another process at 3 batches, this one runs 3 batches too,
+    whether it has nothing to score or one request (the slow test below does it on the fine-tuned model)."""
+    import rewards.counterfactual as cf
+
+    monkeypatch.setattr(cf, "forced_option_probs", copying_option_probs)
+    monkeypatch.setattr(cf, "_dist_max", lambda n: 3)
     prompt = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?\nA. yellow\nB. red\nC. blue\nD. green"}]}]
-    out = _permute_prompt(prompt, OPTS, [1, 0, 3, 2])
-    assert out[0]["content"][0] == {"type": "image"}
-    assert out[0]["content"][1]["text"] == "Q?\nA. red\nB. yellow\nC. green\nD. blue"
-    assert prompt[0]["content"][1]["text"].endswith("D. green")  # input not mutated
+    reward = make_counterfactual_reward(batch_size=2).bind(object(), RenderingProcessor())
+    kwargs = dict(prompts=[prompt] * 2, options=[OPTS] * 2)
+    assert reward(["no think", "<think>x</think>"], **kwargs) == [0.0, 0.0]  # nothing to score here
+    assert reward.stats["forwards"] == 5  # filler: (3 - 1) * 2 + 1 sequences = 3 batches
+    assert reward(["<think>So the answer is (B) red.</think><answer>B</answer>"] * 2, **kwargs) == [1.0, 1.0]
+    assert reward.stats["forwards"] == 10
 
 
 def test_remap_letters_rewrites_letter_references_only():
@@ -157,6 +213,7 @@ def _rendered(processor, prompt, cot):
         "<think>" + cot + "</think><answer>")
 
 
+@pytest.mark.slow
 def test_forced_answer_follows_the_cot_and_its_shuffled_copy(copy_model):
     from rlvlm.data import shapes
     from rlvlm.perturb import perturb
@@ -168,7 +225,9 @@ def test_forced_answer_follows_the_cot_and_its_shuffled_copy(copy_model):
     cot = shapes.cot_for(ex, "B")  # a CoT that names option B (not the gold one)
     perm = derangement(4, "test", seed=0)
     new_of = {perm[j]: j for j in range(4)}
-    shuffled_prompt = _permute_prompt(prompt, opts, perm)
+    shuffled_prompt = [{**m, "content": [{**part, "text": permute_option_lines(part["text"], opts, perm)}
+                                         if part.get("type") == "text" else part for part in m["content"]]}
+                       if isinstance(m["content"], list) else m for m in prompt]
     shuffled_cot = remap_letters(cot, new_of, 4)
     assert f"({'ABCD'[new_of[1]]}) {opts[1]}" in shuffled_cot
 
@@ -183,6 +242,7 @@ def test_forced_answer_follows_the_cot_and_its_shuffled_copy(copy_model):
     assert max(probs[0]) > 0.9 and max(probs[1]) > 0.9
 
 
+@pytest.mark.slow
 def test_scorer_rewards_answers_that_follow_the_cot(copy_model):
     from rlvlm.data import shapes
     from rlvlm.perturb import perturb
@@ -212,6 +272,7 @@ def test_scorer_rewards_answers_that_follow_the_cot(copy_model):
     assert 0.0 <= metrics["counterfactual/shuffle_p_answer"] <= 1.0
 
 
+@pytest.mark.slow
 def test_scorer_with_a_think_prefix_free_form_and_missing_option_lines(copy_model):
     from rlvlm.data import shapes
     from rlvlm.perturb import perturb
@@ -230,11 +291,11 @@ def test_scorer_with_a_think_prefix_free_form_and_missing_option_lines(copy_mode
     assert reward.stats["unscorable"] == 2
 
 
-def test_bind_trainer_reads_the_live_model(copy_model):
+def test_bind_trainer_reads_the_live_model():
     from rlvlm.composition import bind_policy, load_rewards
     from rlvlm.recipe import RewardSpec
 
-    model, processor = copy_model
+    model, processor = object(), object()  # bound, not called
 
     class Trainer:  # what bind_policy needs of a trainer: .model and .processing_class
         pass
@@ -253,6 +314,7 @@ def test_bind_trainer_reads_the_live_model(copy_model):
         scorer.policy()
 
 
+@pytest.mark.slow
 def test_processes_run_the_same_number_of_forward_passes(copy_model, monkeypatch):
     """Under FSDP / ZeRO-3 a forward pass is collective: a process with less (or nothing) to score
     pads up to the largest number of batches of any process."""
@@ -274,10 +336,10 @@ def test_processes_run_the_same_number_of_forward_passes(copy_model, monkeypatch
     assert reward.stats["forwards"] == 10
 
 
-def test_pickles_without_its_policy(copy_model):
+def test_pickles_without_its_policy():
     import pickle
 
-    model, processor = copy_model
+    model, processor = object(), object()  # bound, not called
     reward = pickle.loads(pickle.dumps(make_counterfactual_reward(checks=["shuffle", "swap"], model=model,
                                                                   processor=processor)))
     assert reward.checks == ("shuffle", "swap")
