@@ -6,10 +6,10 @@ import pytest
 from transformers import AutoProcessor
 
 from rlvlm.data import shapes
-from rlvlm.perturb import DEFAULT_AUGMENTATION, perturb
+from rlvlm.perturb import DEFAULT_AUGMENTATION
 from rlvlm.prefill import ensure_prefill, qwen_chat_template, supports_prefill
 from rlvlm.recipe import build_recipe
-from rlvlm.train import _as_blocks, grpo_rows, training_rows
+from rlvlm.train import grpo_rows, training_rows
 
 # Qwen2-VL's released template (abridged to its structure): it always closes a turn.
 CLOSING_QWEN_TEMPLATE = (
@@ -29,7 +29,9 @@ def test_grpo_trainer_renders_prompt_ids_ending_inside_the_open_think(tiny_model
 
     processor = AutoProcessor.from_pretrained(tiny_model_path)
     ex = shapes.generate_examples("eval", 1)[0]
-    rows = [{**r, "prompt": _as_blocks(r["prompt"])} for r in [perturb(ex, "wrong_think", 0), perturb(ex, "base", 0)]]
+    # the rows as rlvlm train hands them to TRL: a wrong_think row (its open think pre-filled) and a base row
+    rows = grpo_rows([ex], seed=0, probs={"wrong_think": 1.0}) + grpo_rows([ex], seed=0)
+    assert [r["condition"] for r in rows] == ["wrong_think", "base"]
     dataset = Dataset.from_list([{"prompt": r["prompt"], "image": r["image"]} for r in rows])
     args = GRPOConfig(output_dir="/tmp/unused", per_device_train_batch_size=2, num_generations=2, bf16=False,
                       report_to="none", max_completion_length=4)
