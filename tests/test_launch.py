@@ -100,14 +100,36 @@ def test_deepspeed_json(path):
     assert users, f"no accelerate config uses {path.name}"
 
 
-def test_slurm_script():
+def test_slurm_script_is_executable_bash():
     script = LAUNCH / "slurm" / "train.sbatch"
     assert os.access(script, os.X_OK)
-    subprocess.run(["bash", "-n", str(script)], check=True)
-    text = script.read_text()
-    for needed in ("#SBATCH --nodes", "accelerate launch", "--machine_rank", "--main_process_ip", "-m rlvlm train",
-                   "trl vllm-serve", "--vllm_mode server", "vllm serve"):
-        assert needed in text
+    subprocess.run(["bash", "-n", str(script)], check=True)  # parses; what it runs needs a cluster
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of docker/Dockerfile, continuation lines joined, comments dropped."""
+    lines, current = [], ""
+    for line in (ROOT / "docker" / "Dockerfile").read_text().splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current += line.rstrip("\\").strip() + " " if line.endswith("\\") else line.strip()
+        if not line.endswith("\\"):
+            lines.append(current)
+            current = ""
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def test_dockerfile_copies_what_the_repository_has():
+    """Every COPY source exists (a build would stop at a missing one); the base image is an nvidia/cuda
+    image named by the CUDA_IMAGE build argument."""
+    instructions = dockerfile_instructions()
+    args = dict(a.split("=", 1) for i, a in instructions if i == "ARG" and "=" in a)
+    assert instructions[1] == ("FROM", "${CUDA_IMAGE}") and args["CUDA_IMAGE"].startswith("nvidia/cuda:")
+    copies = [a.split()[:-1] for i, a in instructions if i == "COPY"]
+    assert ["docker/requirements.txt"] in copies
+    for sources in copies:
+        for source in sources:
+            assert list(ROOT.glob(source)) or source.endswith("*"), source
 
 
 def test_docker_pins():
@@ -115,9 +137,6 @@ def test_docker_pins():
 
     from packaging.requirements import Requirement
 
-    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
-    assert "FROM ${CUDA_IMAGE}" in dockerfile and "nvidia/cuda:" in dockerfile
-    assert "docker/requirements.txt" in dockerfile
     pins = {}
     for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines():
         line = line.split(" #")[0].strip()
@@ -130,13 +149,6 @@ def test_docker_pins():
     # The vLLM pin is inside the range TRL's [vllm] extra accepts.
     (vllm_req,) = [Requirement(r) for r in requires("trl") if r.startswith("vllm") and "extra" in r]
     assert vllm_req.specifier.contains(pins["vllm"]), (vllm_req, pins["vllm"])
-
-
-def test_docker_installs_flash_attn_after_torch():
-    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
-    install = dockerfile.index('pip install --no-build-isolation "flash-attn==$FLASH_ATTN"')
-    assert dockerfile.index("pip install -r docker/requirements.txt") < install  # built against the pinned torch
-    assert "ARG FLASH_ATTN=" in dockerfile
 
 
 # ------------------------------------------------------------------------------------ the 7B recipes
