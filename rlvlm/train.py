@@ -31,14 +31,22 @@ def grpo_rows(examples: list[dict], seed: int, probs: dict[str, float] | None = 
     (seed, example id, epoch) — the paper's adversarial augmentation; otherwise every row is "base"."""
     from rlvlm.perturb import augment, perturb
 
+    # TRL reads one image per row from `image`, several from `images`; Arrow wants one column for all rows,
+    # so a set holding any multi-image example (SAT) gives every row an `images` list.
+    multi = any(ex.get("images") is not None for ex in examples)
     rows = []
     for i, ex in enumerate(examples):
         p = augment(ex, probs, seed=seed, epoch=epoch) if probs else perturb(ex, "base", seed=seed + i)
+        if multi:
+            pictures = {"images": list(p["images"]) if p.get("images") is not None else
+                        [p["image"]] if p.get("image") is not None else []}
+        else:
+            pictures = {"image": p["image"]}
         rows.append(
             {
                 "id": p["id"],
                 "prompt": _as_blocks(p["prompt"]),
-                "image": p["image"],
+                **pictures,
                 "answer": p["answer"],
                 "options": p["options"],
                 "think_prefix": p["think_prefix"],

@@ -112,3 +112,18 @@ def test_augmented_rows_are_deterministic_and_carry_the_prefix():
     thinks = [r for r in a if r["condition"] == "wrong_think"]
     assert thinks and all(r["prompt"][-1]["role"] == "assistant" for r in thinks)
     assert all(r["prompt"][-1]["content"][0]["text"] == r["think_prefix"] for r in thinks)
+
+
+def test_multi_image_examples_reach_trl_as_an_images_column():
+    """A set with a multi-image example (SAT has them) gives every row an `images` list, the column TRL
+    reads several images from; the prompt holds one image block per image. Single-image sets keep `image`."""
+    from datasets import Dataset
+
+    one, two = shapes.generate_examples("eval", 2)
+    two = {**two, "images": [two["image"], two["image"].rotate(90)]}
+    del two["image"]
+    rows = grpo_rows([one, two], seed=0)
+    assert [len(r["images"]) for r in rows] == [1, 2] and all("image" not in r for r in rows)
+    assert [sum(b["type"] == "image" for m in r["prompt"] for b in m["content"]) for r in rows] == [1, 2]
+    assert len(Dataset.from_list(rows)) == 2  # one Arrow column for both
+    assert "image" in grpo_rows([one], seed=0)[0]
