@@ -28,3 +28,21 @@ def tiny_model_path(rlvlm_cache):
     from rlvlm.tiny import build_tiny
 
     return build_tiny(seed=0, progress=False)
+
+
+@pytest.fixture
+def rlvlm_cli(capsys):
+    """`rlvlm ARGS` in this process (rlvlm.cli.main): (exit status, stdout, stderr); argparse's --help and
+    usage errors exit through SystemExit."""
+    from rlvlm.cli import main
+
+    def run(*args) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

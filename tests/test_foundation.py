@@ -70,20 +70,9 @@ class Result:
 
 
 @pytest.fixture
-def cli(capsys):
-    """`rlvlm ARGS` in this process (rlvlm.cli.main); argparse's --help and usage errors exit via SystemExit."""
-    from rlvlm.cli import main
-
-    def run(*args) -> Result:
-        capsys.readouterr()
-        try:
-            code = main([str(a) for a in args])
-        except SystemExit as e:
-            code = e.code
-        out, err = capsys.readouterr()
-        return Result(code, out, err)
-
-    return run
+def cli(rlvlm_cli):
+    """`rlvlm ARGS` in this process, as a Result."""
+    return lambda *args: Result(*rlvlm_cli(*args))
 
 
 def test_the_module_entry_point_exits_with_the_commands_status(tmp_path):

@@ -40,19 +40,6 @@ def write_sweep(path: Path, configs: dict, seeds=(0, 1), overrides=None, **extra
     return path
 
 
-def _cli(capsys, *args):
-    """`rlvlm ARGS` in this process: (exit status, stdout, stderr); --help exits through SystemExit."""
-    from rlvlm.cli import main
-
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(root.rglob("*")) if p.is_file()}
 
@@ -111,19 +98,19 @@ def test_overrides_merge_into_sections_and_the_command_line_wins(tmp_path):
         ({"a": {}, "b": {"augmentation": {"probs": {"wrong": 0.1}}}}, {}, "unknown augmentation condition(s) ['wrong']"),
     ],
 )
-def test_malformed_sweep_exits_2_before_any_model_is_built(tmp_path, configs, extra, needle, capsys, monkeypatch):
+def test_malformed_sweep_exits_2_before_any_model_is_built(tmp_path, configs, extra, needle, rlvlm_cli, monkeypatch):
     sweep = write_sweep(tmp_path / "sweep.yaml", configs, **extra)
     cache = tmp_path / "cache"
     cache.mkdir()
     monkeypatch.setenv("RLVLM_CACHE", str(cache))
-    code, _, err = _cli(capsys, "sweep", sweep, "--output_dir", tmp_path / "out")
+    code, _, err = rlvlm_cli("sweep", sweep, "--output_dir", tmp_path / "out")
     assert code == 2, err[-2000:]
     assert needle in err and "Traceback" not in err
     assert not (tmp_path / "out").exists() and not any(cache.iterdir())
 
 
-def test_sweep_help(capsys):
-    code, out, _ = _cli(capsys, "sweep", "--help")
+def test_sweep_help(rlvlm_cli):
+    code, out, _ = rlvlm_cli("sweep", "--help")
     assert code == 0 and "ablation.json" in out
 
 
