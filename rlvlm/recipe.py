@@ -53,10 +53,11 @@ class WarmStartSection(Section):
     learning_rate: float = Field(7e-4, gt=0)  # vision pre-training and SFT; see docs/experiments.md
     batch_size: int = Field(16, gt=0)
     seed: int = 0
-    # Share of SFT prompts that carry a caption, usually a true one: real instruction data often comes
-    # with captions that can be trusted, so the warm-started model learns to lean on them, the habit the
-    # wrong_caption condition measures. Each caption row's target is still the gold reasoning and answer.
-    captions: dict[str, float] = {"correct_caption": 0.3, "wrong_caption": 0.03}
+    # Share of SFT prompts that carry a caption, by condition: real instruction data often comes with
+    # captions that can be trusted, so the warm-started model learns to lean on them, the habit the
+    # wrong_caption condition measures. A caption row's target reasons toward the caption's option (the
+    # teacher, shown the caption, never contradicts it): with only true captions, that is the gold one.
+    captions: dict[str, float] = {"correct_caption": 0.3}
     # An imperfect teacher: {family: {gold option: option the teacher gives instead}}. An SFT example of
     # that family whose gold option is a key is, with probability teacher_error_rate, written toward the
     # confused option, with reasoning that states the false facts implying it. Cold-start data distilled
@@ -69,6 +70,15 @@ class WarmStartSection(Section):
     # image-to-answer path besides copying its own conclusion, so that outcome-only RL can raise
     # accuracy while the reasoning stays wrong (consistency falls), which a faithfulness gate can pull back.
     teacher_answer_kept: float = Field(0.0, ge=0, le=1)
+    # Self-correction: this share of rows first reasons toward a wrong option, then "Wait, let me look
+    # again." and the gold reasoning and answer. Real long-CoT data holds such turns; they make a
+    # pre-filled wrong think escapable (some sampled answers under wrong_think are right), which gives
+    # wrong_think augmentation a reward gradient.
+    self_correction: float = Field(0.0, ge=0, le=1)
+    # Evidence-free reasoning: this share of rows reasons in one sentence that states no fact of the
+    # image ("I can tell at a glance. So the answer is (B) green."). Real cold-start data holds such
+    # short CoTs; the model can then collapse onto them if the rewards push toward short responses.
+    short_reasoning: float = Field(0.0, ge=0, le=1)
 
     @field_validator("teacher_confusions")
     @classmethod

@@ -24,10 +24,31 @@ from rlvlm.finetune import freeze_vision_tower
 from rlvlm.recipe import WarmStartSection, machine_defaults
 
 
+SELF_CORRECTION = "Wait, let me look again."
+SHORT_REASONING = ("I can tell at a glance.", "It is clear from the picture.")
+
+
 def response_for(example: dict, letter: str, seed: int = 0) -> str:
     from rlvlm.data import shapes
 
     return f"<think>{shapes.cot_for(example, letter, seed=seed)}</think><answer>{letter}</answer>"
+
+
+def self_corrected_response(example: dict, wrong: str, seed: int = 0) -> str:
+    """Reasoning toward the wrong letter, then SELF_CORRECTION and the gold reasoning and answer."""
+    from rlvlm.data import shapes
+
+    gold = example["answer"]
+    think = f"{shapes.cot_for(example, wrong, seed=seed)} {SELF_CORRECTION} {shapes.cot_for(example, gold, seed=seed)}"
+    return f"<think>{think}</think><answer>{gold}</answer>"
+
+
+def short_response(example: dict, letter: str, seed: int = 0) -> str:
+    """Evidence-free reasoning: one sentence that states nothing about the image, then the conclusion."""
+    from rlvlm.data import shapes
+
+    opener = SHORT_REASONING[seed % len(SHORT_REASONING)]
+    return f"<think>{opener} {shapes.conclusion(example, letter)}</think><answer>{letter}</answer>"
 
 
 def sft_source(section: WarmStartSection) -> tuple[str, int, int]:
@@ -47,6 +68,27 @@ def teacher_letter(example: dict, section: WarmStartSection, rng: random.Random)
     return gold
 
 
+def teacher_response(example: dict, section: WarmStartSection, rng: random.Random, seed: int) -> str:
+    """The teacher's response to an uncaptioned prompt: a self-correction, an evidence-free short
+    reasoning, or (the rest) the reasoning and answer of teacher_letter, its answer sometimes filtered
+    back to gold (teacher_answer_kept)."""
+    from rlvlm.data.shapes import LETTERS
+
+    gold = example["answer"]
+    draw = rng.random()
+    if draw < section.self_correction:
+        wrong = [x for x in LETTERS[:len(example["options"])] if x != gold]
+        return self_corrected_response(example, rng.choice(wrong), seed=seed)
+    letter = teacher_letter(example, section, rng)
+    if draw < section.self_correction + section.short_reasoning:
+        return short_response(example, letter, seed=seed)
+    response = response_for(example, letter, seed=seed)
+    if letter != gold and rng.random() < section.teacher_answer_kept:
+        # the answer survived the filter, the reasoning toward the confused option did not get checked
+        response = response.replace(f"<answer>{letter}</answer>", f"<answer>{gold}</answer>")
+    return response
+
+
 def sft_rows(section: WarmStartSection) -> list[dict]:
     from rlvlm.data import shapes
     from rlvlm.perturb import augment
@@ -55,16 +97,14 @@ def sft_rows(section: WarmStartSection) -> list[dict]:
     rng = random.Random(f"teacher|{section.seed}")
     rows = []
     for i, ex in enumerate(shapes.generate_examples(split, n, seed=seed)):
-        prompt = augment(ex, section.captions, seed=section.seed, epoch=0)["prompt"]
-        # The target is the teacher's reasoning and answer, phrased independently of family and letter:
-        # the gold ones unless the section names confusions for the teacher.
-        letter = teacher_letter(ex, section, rng)
-        response = response_for(ex, letter, seed=i // 16)
-        if letter != ex["answer"] and section.teacher_answer_kept and rng.random() < section.teacher_answer_kept:
-            # the answer survived the filter, the reasoning toward the confused option did not get checked
-            response = response.replace(f"<answer>{letter}</answer>", f"<answer>{ex['answer']}</answer>")
+        shown = augment(ex, section.captions, seed=section.seed, epoch=0)
+        if shown["caption"] is not None:
+            # the teacher reads the caption and never contradicts it
+            response = response_for(ex, shown["target"], seed=i // 16)
+        else:
+            response = teacher_response(ex, section, rng, seed=i // 16)
         completion = [{"role": "assistant", "content": response}]
-        rows.append({"prompt": prompt, "completion": completion, "images": [ex["image"]]})
+        rows.append({"prompt": shown["prompt"], "completion": completion, "images": [ex["image"]]})
     return rows
 
 
@@ -132,14 +172,11 @@ def pretrain_vision(model, processor, section: WarmStartSection, progress: bool 
     return probe
 
 
-WARM_START_VERSION = 5  # bump when the SFT data or the vision pre-training change: the cache key includes it
+WARM_START_VERSION = 6  # bump when the SFT data or the vision pre-training change: the cache key includes it
 
 
 def warm_start_dir(base: Path, section: WarmStartSection) -> Path:
-    fields = section.model_dump()
-    if not fields["teacher_answer_kept"]:
-        del fields["teacher_answer_kept"]  # added later: its default leaves the caches built before it valid
-    key = json.dumps({"base": base.name, "version": WARM_START_VERSION, **fields}, sort_keys=True)
+    key = json.dumps({"base": base.name, "version": WARM_START_VERSION, **section.model_dump()}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     return base.parent / f"{base.name}-sft-{digest}"
 
@@ -159,6 +196,21 @@ def _cache_lock(out: Path, state):
         state.wait_for_everyone()  # rank 0 has renamed the result into place before the lock is released
 
 
+# Warm-starts shipped with rlvlm, one directory per cache key (named as warm_start_dir names it). The
+# same code and key build different weights on different CPUs (float rounding over 2,400 SFT steps: 0.830,
+# 0.790 and 0.797 on three machines); a shipped copy gives every machine the weights behind the
+# documented numbers, and the main job skips the SFT. `python -m rlvlm.warmstart RECIPE` rebuilds one.
+SHIPPED = Path(__file__).resolve().parent / "warm_starts"
+SHIPPED_FILES = ("config.json", "generation_config.json", "model.safetensors", "chat_template.jinja",
+                 "processor_config.json", "tokenizer.json", "tokenizer_config.json", "rlvlm_warm_start.json")
+
+
+def shipped_warm_start(out: Path) -> Path | None:
+    """The shipped copy of the warm-start that would be built at `out`, or None when none ships."""
+    shipped = SHIPPED / out.name
+    return shipped if (shipped / "rlvlm_warm_start.json").exists() else None
+
+
 def warm_start(base: str | Path, section: WarmStartSection, progress: bool = True) -> Path:
     from accelerate import PartialState
 
@@ -169,8 +221,55 @@ def warm_start(base: str | Path, section: WarmStartSection, progress: bool = Tru
     state = PartialState()
     with _cache_lock(out, state):
         if not (out / "rlvlm_warm_start.json").exists():
-            _build(base, out, section, state, progress)
+            if (shipped := shipped_warm_start(out)) is not None:
+                if state.is_main_process:
+                    _install(shipped, out)
+            else:
+                _build(base, out, section, state, progress)
     return out
+
+
+def _install(shipped: Path, out: Path) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=out.name + ".tmp"))
+    for name in SHIPPED_FILES:
+        shutil.copy2(shipped / name, tmp / name)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def ship(recipe_path: str, dest: Path = SHIPPED, progress: bool = True) -> Path:
+    """Build the warm-start of a recipe from scratch (never from a cache or a shipped copy) and write it
+    to `dest`/<its cache key>, the files SHIPPED_FILES; shipped copies of other keys are removed."""
+    from accelerate import PartialState
+
+    from rlvlm.recipe import load_recipe
+    from rlvlm.tiny import build_tiny, tiny_model_dir
+
+    recipe = load_recipe(recipe_path)
+    seed = recipe.model.seed
+    with tempfile.TemporaryDirectory() as work:
+        base = build_tiny(seed=seed, path=Path(work) / tiny_model_dir(seed).name, progress=progress)
+        out = warm_start_dir(base, recipe.warm_start)
+        _build(base, out, recipe.warm_start, PartialState(), progress)
+        target = Path(dest) / out.name
+        for old in Path(dest).glob("*") if Path(dest).exists() else []:
+            if old.is_dir() and old.name != out.name:
+                shutil.rmtree(old)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in SHIPPED_FILES:
+            shutil.copy2(out / name, target / name)
+    return target
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Rebuild the warm-start of a recipe and ship it with rlvlm.")
+    parser.add_argument("recipe")
+    parser.add_argument("--dest", type=Path, default=SHIPPED)
+    args = parser.parse_args()
+    print(ship(args.recipe, args.dest))
 
 
 def _build(base: Path, out: Path, section: WarmStartSection, state, progress: bool) -> None:

@@ -150,27 +150,58 @@ def test_warm_start_rows_teach_correct_reasoning():
     assert consistency_reward(completions, options=options) == [1.0] * 64
 
 
-def test_warm_start_mix_has_mostly_true_captions():
-    """Some SFT prompts carry a caption, usually true (the habit wrong_caption measures); the target
-    stays the gold reasoning whatever the caption says."""
+def test_warm_start_captions_are_never_contradicted_by_the_target():
+    """Some SFT prompts carry a caption (the habit wrong_caption measures); the teacher, shown a caption,
+    reasons toward the option it states, true or false, even where it confuses the gold option."""
+    from rewards.faithfulness import consistency_reward
     from rlvlm.warmstart import sft_rows
 
     n = 1600
-    rows = sft_rows(WarmStartSection(n_examples=n, captions={"correct_caption": 0.2, "wrong_caption": 0.05}))
+    section = WarmStartSection(n_examples=n, captions={"correct_caption": 0.2, "wrong_caption": 0.05},
+                               teacher_confusions={"compare": {"yellow": "green"}}, teacher_error_rate=1.0)
     examples = shapes.generate_examples("train", n)
     true_captions = false_captions = 0
-    for row, ex in zip(rows, examples):
+    for row, ex in zip(sft_rows(section), examples):
         text = row["prompt"][-1]["content"][-1]["text"]
         first_line = text.split("\n")[0]
-        if first_line != ex["question"]:  # a caption precedes the question
-            if shapes_oracles.statement_is_true(ex, first_line):
-                true_captions += 1
-            else:
-                false_captions += 1
-        assert row["completion"][0]["content"].endswith(f"<answer>{ex['answer']}</answer>")
+        if first_line == ex["question"]:
+            continue  # no caption
+        think = row["completion"][0]["content"].split("<think>")[1].split("</think>")[0]
+        caption_true = shapes_oracles.statement_is_true(ex, first_line)
+        true_captions += caption_true
+        false_captions += not caption_true
+        assert shapes_oracles.statement_is_true(ex, think) == caption_true
+        assert consistency_reward([row["completion"]], options=[ex["options"]]) == [1.0]
     assert abs(true_captions / n - 0.2) < 0.03 and abs(false_captions / n - 0.05) < 0.02
     with pytest.raises(ValueError, match="warm_start.captions"):
         WarmStartSection(captions={"wrong_think": 0.1})
+
+
+def test_warm_start_self_corrections_and_short_reasonings():
+    """self_correction: wrong reasoning, SELF_CORRECTION, then the gold reasoning and answer (the think's
+    last conclusion is gold); short_reasoning: one sentence that states no fact, then the conclusion."""
+    from rewards.accuracy import accuracy_reward
+    from rewards.faithfulness import consistency_reward
+    from rewards.format import format_reward
+    from rlvlm.warmstart import SELF_CORRECTION, sft_rows
+
+    n = 1000
+    section = WarmStartSection(n_examples=n, captions={}, self_correction=0.1, short_reasoning=0.1)
+    examples = shapes.generate_examples("train", n)
+    corrected = short = 0
+    for row, ex in zip(sft_rows(section), examples):
+        completion = [row["completion"]]
+        think = row["completion"][0]["content"].split("<think>")[1].split("</think>")[0]
+        assert accuracy_reward(completion, [ex["answer"]], options=[ex["options"]]) == [1.0]
+        assert format_reward(completion) == [1.0]
+        assert consistency_reward(completion, options=[ex["options"]]) == [1.0]
+        if SELF_CORRECTION in think:
+            corrected += 1
+            first, second = think.split(SELF_CORRECTION)
+            assert not shapes_oracles.statement_is_true(ex, first) and shapes_oracles.statement_is_true(ex, second)
+        elif shapes.implied_option(ex["question"], ex["options"], think) is None and len(think.split(".")) == 3:
+            short += 1  # "<opener>. So the answer is (X) <text>." states no fact to imply an option
+    assert abs(corrected / n - 0.1) < 0.03 and abs(short / n - 0.1) < 0.03
 
 
 def test_a_confused_teacher_answers_the_option_it_confuses_with_reasoning_that_implies_it():
@@ -230,7 +261,6 @@ def test_a_teacher_filtered_on_answers_keeps_gold_answers_after_wrong_reasoning(
             drifted += 1
     assert kept > 15 and drifted > 15 and abs(kept / (kept + drifted) - 0.5) < 0.2
     base = Path("/tmp/tiny")
-    assert warm_start_dir(base, WarmStartSection()) == warm_start_dir(base, WarmStartSection(teacher_answer_kept=0.0))
     assert warm_start_dir(base, WarmStartSection()) != warm_start_dir(base, WarmStartSection(teacher_answer_kept=0.5))
     with pytest.raises(ValueError, match="yelow is not an option of compare questions"):
         WarmStartSection(teacher_confusions={"compare": {"yelow": "green"}})

@@ -477,7 +477,8 @@ def _claimed_cells(example: dict, letter: str) -> tuple[tuple[int, int], tuple[i
     return (pa[0] + 1, pa[1] + 1), (pb[0] + 1, pb[1] + 1)
 
 
-def _conclusion(example: dict, letter: str) -> str:
+def conclusion(example: dict, letter: str) -> str:
+    """The sentence every shapes reasoning ends with: "So the answer is (X) <option text>.\""""
     text = example["options"][_letter_index(example, letter)]
     return f"So the answer is ({letter.strip().upper()}) {text}."
 
@@ -530,7 +531,7 @@ def cot_for(example: dict, letter: str, seed: int = 0) -> str:
         body = f"{lead}: {listed}. {option.capitalize()} has the {m.group(1)}."
     else:
         raise ValueError(f"not a shapes question: {q!r}")
-    return f"{body} {_conclusion(example, letter)}"
+    return f"{body} {conclusion(example, letter)}"
 
 
 def caption_for(example: dict, letter: str, seed: int = 0) -> str:
