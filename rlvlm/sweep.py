@@ -27,11 +27,12 @@ run without any is moved aside to `seed<N>.incomplete-<k>` (nothing is deleted) 
 Then, over the finished runs:
 
 - `DIR/ablation.json`: `{"runs": [{"config", "seed", "run_dir", "final": {condition: {metric: value}}}],
-  "summary": {config: {condition: {metric: {"mean", "std"}}}}}`. `final` holds the trace rows of the
+  "summary": {config: {condition: {metric: {"mean", "std"}}}}, "findings": [effect, ...]}`. `final` holds the trace rows of the
   run's last evaluated step, metrics `accuracy`, `consistency`, `consistent_accuracy`,
   `option_entropy`, `p_correct`; with one eval dataset a condition is keyed by its name, with several
   by `"<dataset>/<condition>"`. `std` is the sample standard deviation over seeds (0.0 with one).
-- `DIR/ablation.md`: mean ± std over seeds per configuration and condition.
+- `DIR/ablation.md`: mean ± std over seeds per configuration and condition, and (in ablation.json's
+  `findings` too) the paper's four findings as measured effects with a verdict (FINDINGS, `verdict`).
 - per eval dataset, from the seed means: `tradeoff_<dataset>.png` (base accuracy against
   consistency over steps, a line per configuration), `robustness_<dataset>.png` (accuracy under
   wrong_caption and wrong_think over steps, mean ± std band) and `conditions_<dataset>.png`;
@@ -280,7 +281,7 @@ def final_rows(trace: list[dict], several_datasets: bool) -> dict[str, dict[str,
     return {_key(r, several_datasets): {m: r[m] for m in METRICS} for r in trace if r["step"] == last}
 
 
-def ablation(runs: list[SweepRun], traces: dict[str, list[dict]]) -> dict:
+def ablation(runs: list[SweepRun], traces: dict[str, list[dict]], signals: dict[str, list[dict]] | None = None) -> dict:
     several = len({r["dataset"] for trace in traces.values() for r in trace}) > 1
     entries = [{"config": run.config, "seed": run.seed, "run_dir": str(run.run_dir),
                 "final": final_rows(traces[run.label], several)} for run in runs]
@@ -291,7 +292,111 @@ def ablation(runs: list[SweepRun], traces: dict[str, list[dict]]) -> dict:
         summary[config] = {
             c: {m: mean_std([f[c][m] for f in finals if c in f]) for m in METRICS} for c in conditions
         }
-    return {"runs": entries, "summary": summary}
+    joined = {(run.config, run.seed): joined_rows(traces[run.label], (signals or {}).get(run.label, [])) for run in runs}
+    return {"runs": entries, "summary": summary, "findings": findings(joined)}
+
+
+def joined_rows(trace: list[dict], signals: list[dict]) -> list[dict]:
+    """Trace rows with the same (step, dataset, condition)'s shortcut signals merged in."""
+    by_key = {(r["step"], r["dataset"], r["condition"]): r for r in signals}
+    return [{**by_key.get((r["step"], r["dataset"], r["condition"]), {}), **r} for r in trace]
+
+
+# ---------------------------------------------------------------------------- the paper's findings
+#
+# Each finding of the paper is a few measured effects, each on one condition's metric of the first eval
+# dataset: a `change` is a configuration's value at its last evaluated step minus its step 0, per seed; a
+# `difference` is configuration A minus configuration B at the last step, paired by seed. `expect` is the
+# paper's direction (+1 up, -1 down, 0 "barely" / "does not"). A sweep whose configurations carry the
+# paper-ablation-tiny names gets these; an effect whose configurations are absent is left out.
+
+
+@dataclasses.dataclass(frozen=True)
+class Effect:
+    finding: int
+    claim: str
+    kind: str  # "change" or "difference"
+    configs: tuple[str, ...]  # (config,) for a change, (A, B) for a difference
+    condition: str
+    metric: str  # a trace metric, or a shortcut signal (think_words, identical_share, ...)
+    expect: int
+
+
+FINDINGS = (
+    Effect(1, "RL raises accuracy", "change", ("baseline",), "base", "accuracy", +1),
+    Effect(1, "RL lowers option entropy", "change", ("baseline",), "base", "option_entropy", -1),
+    Effect(1, "while consistency falls", "change", ("baseline",), "base", "consistency", -1),
+    Effect(2, "augmentation restores wrong-caption accuracy", "difference", ("augment", "baseline"), "wrong_caption", "accuracy", +1),
+    Effect(2, "but barely helps under a wrong think", "difference", ("augment", "baseline"), "wrong_think", "accuracy", 0),
+    Effect(2, "and does not stop the drift", "difference", ("augment", "baseline"), "base", "consistency", 0),
+    Effect(3, "the faithfulness reward pulls consistency back up", "difference", ("faithful", "baseline"), "base", "consistency", +1),
+    Effect(4, "with augmentation too, CoTs grow shorter", "difference", ("augment_faithful", "faithful"), "base", "think_words", -1),
+    Effect(4, "and more templated", "difference", ("augment_faithful", "faithful"), "base", "identical_share", +1),
+)
+SPREAD = 2.0  # an effect is beyond the seed spread when |mean| > SPREAD x its standard deviation over seeds
+
+
+def verdict(expect: int, mean: float, std: float, n: int) -> str:
+    """`reproduced`, `not reproduced` or `opposite`: a directional effect is reproduced when its mean has
+    the expected sign and exceeds SPREAD standard deviations (over at least two seeds), opposite when it
+    does so with the other sign; an expected non-effect ("barely") is reproduced when it stays within
+    the spread. One seed has no spread: `not judged`."""
+    if n < 2:
+        return "not judged"
+    beyond = abs(mean) > SPREAD * std
+    if expect == 0:
+        return "not reproduced" if beyond else "reproduced"
+    if not beyond:
+        return "not reproduced"
+    return "reproduced" if (mean > 0) == (expect > 0) else "opposite"
+
+
+def step_values(rows: list[dict], condition: str, metric: str) -> dict[int, float]:
+    """{step: value} of one condition's metric (None values left out) on the rows' first dataset."""
+    dataset = rows[0]["dataset"] if rows else None
+    return {r["step"]: r[metric] for r in rows
+            if r["dataset"] == dataset and r["condition"] == condition and r.get(metric) is not None}
+
+
+def effect_values(effect: Effect, rows: dict[tuple[str, int], list[dict]]) -> list[float]:
+    """Per-seed values of an effect; rows: (config, seed) -> that run's trace rows joined with its signals."""
+    seeds = sorted({seed for config, seed in rows if config == effect.configs[0]})
+    values = []
+    for seed in seeds:
+        series = [step_values(rows.get((config, seed), []), effect.condition, effect.metric) for config in effect.configs]
+        if not all(series):
+            continue
+        if effect.kind == "change":
+            (one,) = series
+            values.append(one[max(one)] - one[min(one)])
+        else:
+            a, b = series
+            values.append(a[max(a)] - b[max(b)])
+    return values
+
+
+def findings(rows: dict[tuple[str, int], list[dict]]) -> list[dict]:
+    """Every effect of FINDINGS that the sweep's configurations can measure, with mean ± std over seeds
+    and its verdict."""
+    out = []
+    for effect in FINDINGS:
+        values = effect_values(effect, rows)
+        if not values:
+            continue
+        stats = mean_std(values)
+        out.append({**dataclasses.asdict(effect), "configs": list(effect.configs), "seeds": len(values),
+                    "values": values, **stats, "verdict": verdict(effect.expect, stats["mean"], stats["std"], len(values))})
+    return out
+
+
+def findings_table(result: list[dict]) -> str:
+    def measured(e: dict) -> str:
+        what = f"{e['configs'][0]}: last − step 0" if e["kind"] == "change" else f"{e['configs'][0]} − {e['configs'][1]}, last step"
+        return f"{e['condition']} {e['metric'].replace('_', ' ')} ({what})"
+
+    rows = [[e["finding"], e["claim"], measured(e), f"{e['mean']:+.3f} ± {e['std']:.3f}", e["seeds"], e["verdict"]]
+            for e in result]
+    return report.markdown_table(["finding", "the paper", "measured", "effect (mean ± std)", "seeds", "verdict"], rows)
 
 
 def mean_trace(traces: list[list[dict]]) -> list[dict]:
@@ -364,6 +469,11 @@ def markdown(spec: SweepSpec, result: dict, runs: list[SweepRun], images: list[P
              "evaluated step: mean ± sample standard deviation over seeds. Per-run details: "
              "[report/report.md](report/report.md).", ""]
     parts += [f"![{img.stem}]({img.relative_to(out).as_posix()})" for img in images]
+    if result.get("findings"):
+        parts += ["", "## The paper's findings", "",
+                  f"Each effect per seed, then mean ± sample std over seeds; **reproduced** when the mean has the "
+                  f"paper's sign and exceeds {SPREAD:g} std (an expected non-effect: stays within it), **opposite** "
+                  "when it exceeds it with the other sign.", "", findings_table(result["findings"])]
     conditions = list(dict.fromkeys(c for per_config in result["summary"].values() for c in per_config))
     for condition in conditions:
         parts += ["", f"## {condition}", ""]
@@ -380,10 +490,11 @@ def markdown(spec: SweepSpec, result: dict, runs: list[SweepRun], images: list[P
 
 def write_ablation(spec: SweepSpec, runs: list[SweepRun], out: Path) -> dict:
     """ablation.json, ablation.md, the plots and `rlvlm report` over the finished runs."""
-    from rlvlm.evaluation.trace import TRACE, read_jsonl
+    from rlvlm.evaluation.trace import SIGNALS, TRACE, read_jsonl
 
     traces = {run.label: read_jsonl(run.run_dir / "eval" / TRACE) for run in runs}
-    result = ablation(runs, traces)
+    signals = {run.label: read_jsonl(run.run_dir / "eval" / SIGNALS) for run in runs}
+    result = ablation(runs, traces, signals)
     (out / "ablation.json").write_text(json.dumps(result, indent=1) + "\n")
     mean_runs = []
     for config in result["summary"]:

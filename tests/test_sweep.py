@@ -152,7 +152,13 @@ def test_ablation_of_finished_runs_with_two_eval_datasets(tmp_path, capsys):
     assert {k: v for k, v in after.items() if k in before} == before  # the runs are untouched
 
     result = json.loads((out / "ablation.json").read_text())
-    assert set(result) == {"runs", "summary"}
+    assert set(result) == {"runs", "summary", "findings"}
+    # on the first eval dataset: every baseline seed gains 0.25 accuracy; entropy and consistency never move
+    effects = {(e["claim"], e["verdict"]): (e["values"], e["mean"], e["std"]) for e in result["findings"]}
+    assert effects == {("RL raises accuracy", "reproduced"): ([0.25] * 3, 0.25, 0.0),
+                       ("RL lowers option entropy", "not reproduced"): ([0.0] * 3, 0.0, 0.0),
+                       ("while consistency falls", "not reproduced"): ([0.0] * 3, 0.0, 0.0),
+                       ("the faithfulness reward pulls consistency back up", "not reproduced"): ([0.0] * 3, 0.0, 0.0)}
     keys = ["shapes-eval/base", "shapes-eval/wrong_caption", "shapes-test/base", "shapes-test/wrong_caption"]
     for entry, (config, seed) in zip(result["runs"], quality):
         assert set(entry) == {"config", "seed", "run_dir", "final"}
@@ -173,6 +179,7 @@ def test_ablation_of_finished_runs_with_two_eval_datasets(tmp_path, capsys):
     assert result["summary"]["baseline"]["shapes-eval/base"]["accuracy"]["mean"] == pytest.approx(2 / 3)
 
     md = (out / "ablation.md").read_text()
+    assert "| 1 | RL raises accuracy | base accuracy (baseline: last − step 0) | +0.250 ± 0.000 | 3 | reproduced |" in md
     assert "## shapes-eval/wrong_caption" in md and "| baseline | 3 | 0.667 ± 0.144 |" in md
     for name in ("tradeoff", "robustness", "conditions"):
         for ds in ("shapes-eval", "shapes-test"):
@@ -257,3 +264,31 @@ def test_tiny_sweep_trains_skips_and_resumes(tiny_model_path, tmp_path, capsys):
     for run in runs:
         if run != cut:
             assert snapshot(run) == before[run]
+
+
+@pytest.mark.parametrize("expect, mean, std, n, expected", [
+    (+1, 0.10, 0.02, 3, "reproduced"),
+    (+1, 0.10, 0.06, 3, "not reproduced"),  # within 2 std of nothing
+    (+1, -0.10, 0.02, 3, "opposite"),
+    (-1, -0.10, 0.02, 3, "reproduced"),
+    (0, 0.01, 0.02, 3, "reproduced"),  # "barely": within the spread
+    (0, 0.10, 0.02, 3, "not reproduced"),
+    (+1, 0.10, 0.0, 1, "not judged"),  # one seed has no spread
+])
+def test_a_finding_is_reproduced_only_beyond_the_seed_spread(expect, mean, std, n, expected):
+    from rlvlm.sweep import verdict
+
+    assert verdict(expect, mean, std, n) == expected
+
+
+def test_findings_pair_configurations_by_seed_and_read_shortcut_signals():
+    from rlvlm.sweep import findings
+
+    def rows(step_values: dict[int, dict]) -> list[dict]:
+        return [{"step": step, "dataset": "shapes", "condition": "base", **values} for step, values in step_values.items()]
+
+    runs = {("faithful", seed): rows({0: {"think_words": 30.0}, 10: {"think_words": 30.0 + seed}}) for seed in (0, 1, 2)}
+    runs |= {("augment_faithful", seed): rows({0: {"think_words": 30.0}, 10: {"think_words": 10.0 + seed}}) for seed in (0, 1, 2)}
+    runs[("augment_faithful", 3)] = rows({0: {"think_words": 30.0}, 10: {"think_words": 5.0}})  # no faithful seed 3: unpaired
+    (effect,) = findings(runs)
+    assert (effect["finding"], effect["metric"], effect["values"], effect["verdict"]) == (4, "think_words", [-20.0] * 3, "reproduced")
