@@ -41,6 +41,10 @@ class ModelSection(Section):
     # sdpa otherwise (rlvlm.models.attn_implementation)
     attn_implementation: typing.Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
     freeze_vision: bool = False
+    # Images of real datasets larger than this many pixels are downscaled when loaded, before the
+    # transformers processor or vLLM sees them, so both make the same image tokens (rlvlm.data.images).
+    # None: as the dataset stores them, within the processor's own limit.
+    max_pixels: int | None = Field(None, gt=0)
 
 
 class WarmStartSection(Section):

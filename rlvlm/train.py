@@ -242,12 +242,12 @@ def save_resolved_recipe(recipe: Recipe) -> Path:
 
 
 def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None = None):
-    from datasets import Dataset
     from transformers import AutoProcessor
     from trl import GRPOTrainer
 
     from rlvlm.composition import bind_policy, load_rewards
-    from rlvlm.data.load import load_examples
+    from rlvlm.data.images import image_dataset
+    from rlvlm.data.load import check_same_items, load_examples
     from rlvlm.finetune import freeze_vision_tower, peft_config
     from rlvlm.models import resolve_model, warm_start_model
     from rlvlm.prefill import ensure_prefill
@@ -260,7 +260,9 @@ def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None
     default_wandb_shared(config.report_to, recipe)
     reward_funcs, weights = load_rewards(recipe.rewards)
     config.reward_weights = weights
-    rows = training_rows(recipe, load_examples(recipe.data.train), config)
+    examples = load_examples(recipe.data.train, max_pixels=recipe.model.max_pixels)
+    check_same_items({"data.train": examples})  # every process trains on the same items, or all stop
+    rows = training_rows(recipe, examples, config)
     # The data is there and the model is not: a reward that fails on a few of its rows stops the run
     # now (exit 2, traceback in RUN_DIR/preflight_error.txt), not after the model is built.
     check_rewards(reward_funcs, rows, config.output_dir)
@@ -278,7 +280,7 @@ def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None
     ensure_prefill(processor)  # pre-filled thinks stay open under TRL's add_generation_prompt=True
     if len(rows) > len(set(r["id"] for r in rows)) and config.max_steps <= 0:
         config.num_train_epochs = 1  # the rows already hold every epoch, each with its own augmentation draw
-    train = Dataset.from_list(rows)
+    train = image_dataset(rows)  # images stay encoded; the trainer's batches decode them
     trainer = GRPOTrainer(
         model=model_path,
         reward_funcs=reward_funcs,

@@ -1,6 +1,7 @@
 """Dataset adapters: each on a small local fixture written here in its dataset's hub schema (images
 stored as the hub stores them: `datasets.Image` structs in parquet, base64 strings, URLs, file paths),
-plus the rules every adapter shares (unusable rows skipped and logged, or the run stopped)."""
+plus the rules every adapter shares (unusable rows skipped and logged, or the run stopped). Examples
+hold their images as encoded bytes; the tests decode them (rlvlm.data.images.decode) to look."""
 
 import base64
 import io
@@ -12,6 +13,7 @@ from datasets import Dataset, Features, Image, List, Value
 from PIL import Image as PILImage
 
 from rlvlm.data.adapters import ADAPTERS, DataError
+from rlvlm.data.images import decode
 from rlvlm.data.load import check_dataset, load_examples
 from rlvlm.recipe import DatasetSpec, RecipeError, build_recipe
 
@@ -54,7 +56,7 @@ def assert_canonical(ex: dict, source: str, mc: bool = True):
     assert isinstance(ex["id"], str) and ex["id"].startswith(source)
     assert ex["source"] == source
     images = [ex["image"]] if "image" in ex else ex["images"]
-    assert images and all(isinstance(i, PILImage.Image) and i.mode == "RGB" for i in images)
+    assert images and all(isinstance(i, bytes) and decode(i).mode == "RGB" for i in images)
     assert isinstance(ex["question"], str) and ex["question"]
     assert isinstance(ex["options"], list) and all(isinstance(o, str) for o in ex["options"])
     if mc:
@@ -148,31 +150,39 @@ def test_pixmo_count_urls_resolved_in_image_root(tmp_path):
     ex = exs["pixmo_count-0"]
     assert_canonical(ex, "pixmo_count", mc=False)
     assert ex["answer"] == "3" and "apples" in ex["question"]
-    assert exs["pixmo_count-1"]["image"].getpixel((0, 0)) == (0, 0, 255)
+    assert decode(exs["pixmo_count-1"]["image"]).getpixel((0, 0)) == (0, 0, 255)
 
 
 # ---------------------------------------------------------------------------------- Geometry3K
 
 
-def test_geometry3k(tmp_path):
+def test_geometry3k_letters_and_free_form(tmp_path):
+    """The hub copy has four choices on every row: letter answers by default; free_form: true reads it as
+    EasyR1 trains on it (the problem, the value as answer). A row without choices (not in the hub copy)
+    is skipped as having no options."""
     img = {"bytes": png("white"), "path": None}
     rows = {
-        "images": [[img], [img], [img]],
-        "problem": ["<image>Find x.", "<image>Find the area.", "<image>Find y."],
-        "answer": ["3", "12", "9"],
-        "id": [10, 11, 12],
-        "choices": [["1", "3", "5", "7"], [], ["2", "4", "6", "8"]],
-        "ground_truth": ["B", "", "E"],
+        "images": [[img], [img], [img], [img]],
+        "problem": ["<image>Find x.", "<image>Find the area.", "<image>Find y.", "<image>Find z."],
+        "answer": ["3", "12", "9", "5"],
+        "id": [10, 11, 12, 13],
+        "choices": [["1", "3", "5", "7"], ["6", "12", "18", "24"], ["2", "4", "6", "8"], []],
+        "ground_truth": ["B", "B", "E", ""],
     }
     path = parquet(tmp_path / "train.parquet", rows, {
         "images": List(Image()), "problem": Value("string"), "answer": Value("string"), "id": Value("int64"),
         "choices": List(Value("string")), "ground_truth": Value("string")})
     exs = by_id(load_examples(spec("geometry3k", path=path)))
-    assert set(exs) == {"geometry3k-10", "geometry3k-11"}
-    mc, free = exs["geometry3k-10"], exs["geometry3k-11"]
+    assert set(exs) == {"geometry3k-10", "geometry3k-11"}  # 12: E is not among four; 13: no choices
+    mc = exs["geometry3k-10"]
     assert_canonical(mc, "geometry3k")
     assert mc["question"] == "Find x." and mc["answer"] == "B" and gold_text(mc) == "3"
-    assert free["options"] == [] and free["answer"] == "12"
+    free = by_id(load_examples(spec("geometry3k", path=path, free_form=True)))
+    assert set(free) == {"geometry3k-10", "geometry3k-11", "geometry3k-12", "geometry3k-13"}
+    assert_canonical(free["geometry3k-11"], "geometry3k", mc=False)
+    assert free["geometry3k-11"]["answer"] == "12" and free["geometry3k-12"]["question"] == "Find y."
+    with pytest.raises(RecipeError, match="free_form"):
+        check_dataset(DatasetSpec(name="cv_bench", free_form=True))
 
 
 # ---------------------------------------------------------------------------------- CV-Bench
@@ -279,7 +289,7 @@ def test_3dsrbench_vlmevalkit_tsv_with_base64_images(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     exs = load_examples(spec("3dsrbench", split="test", path=str(path)))
     assert [e["id"] for e in exs] == ["3dsrbench-0"]
-    assert exs[0]["answer"] == "B" and exs[0]["image"].size == (16, 12)
+    assert exs[0]["answer"] == "B" and decode(exs[0]["image"]).size == (16, 12)
 
 
 # ---------------------------------------------------------------------------------- MMBench
@@ -371,7 +381,7 @@ def test_vstar_release_jsonl_with_image_paths(tmp_path):
              "question_id": 0, "label": "A"}]
     path = write_json(tmp_path / "test_questions.jsonl", rows, lines=True)
     (ex,) = load_examples(spec("vstar", split="test", path=path, image_root=str(tmp_path)))
-    assert ex["answer"] == "A" and ex["image"].getpixel((0, 0)) == (0, 128, 0)
+    assert ex["answer"] == "A" and decode(ex["image"]).getpixel((0, 0)) == (0, 128, 0)
 
 
 # ---------------------------------------------------------------------------------- MME-RealWorld-Lite
@@ -509,3 +519,157 @@ def test_custom_gold_read_by_the_one_rule(tmp_path):
     path = write_json(tmp_path / "mine.jsonl", rows, lines=True)
     exs = {e["id"]: e["answer"] for e in load_examples(spec("custom", path=path, image_root=str(tmp_path)))}
     assert exs == {"custom-lower": "B", "custom-paren": "A"}
+
+
+# ---------------------------------------------------------------------------------- every copy users hold
+
+
+def test_sat_first_frame_artefact_and_the_lmms_eval_copy(tmp_path):
+    """The SAT generator's 'in the first frame' tail is removed from the choices and the correct answer
+    (as the SAT repository's loader does) so they match; lmms-eval's nv-njb/SAT gives the gold as
+    correct_answer_idx. A two-image question keeps both images."""
+    img = lambda c: {"bytes": png(c), "path": None}  # noqa: E731
+    moved = ["the cup was moved left and towards the camera in the first frame",
+             "the cup was moved right and away from the camera in the first frame"]
+    rows = {"image_bytes": [[img("red"), img("blue")], [img("green")]],
+            "question": ["How did the cup move?", "Is the lamp left of the bed?"],
+            "answers": [moved, ["yes", "no"]],
+            "correct_answer": [moved[0], "no"],
+            "correct_answer_idx": [0, 1]}
+    feats = {"image_bytes": List(Image()), "question": Value("string"), "answers": List(Value("string")),
+             "correct_answer": Value("string"), "correct_answer_idx": Value("int64")}
+    for name, columns in (("array", ["image_bytes", "question", "answers", "correct_answer"]),
+                          ("lmms_eval", ["image_bytes", "question", "answers", "correct_answer_idx"])):
+        path = parquet(tmp_path / f"{name}.parquet", {k: rows[k] for k in columns}, {k: feats[k] for k in columns})
+        exs = by_id(load_examples(spec("sat", split="test", path=path)))
+        assert set(exs) == {"sat-0", "sat-1"}, name
+        two = exs["sat-0"]
+        assert len(two["images"]) == 2 and [decode(i).getpixel((0, 0)) for i in two["images"]] == [(255, 0, 0), (0, 0, 255)]
+        assert gold_text(two) == "the cup was moved left and towards the camera"
+        assert not any("first frame" in o for o in two["options"])
+        assert gold_text(exs["sat-1"]) == "no"
+
+
+def test_mme_realworld_lite_vlmevalkit_tsv(tmp_path):
+    """VLMEvalKit's mme_realworld_lite.tsv: the options as their list's Python repr (VLMEvalKit evals it)
+    beside A-E columns, the image base64. One row writes its options with full-width parentheses
+    (lmms-eval turns them into '(A)'). Inferred, not seen: whether the file's A-E columns are filled
+    (VLMEvalKit rebuilds them from the list); here they are, with the same texts."""
+    opts = ["(A) 2", "(B) 3", "(C) 4", "(D) 5", "(E) The image does not feature the object"]
+    wide = ["（A）left", "（B）right", "（C）up", "（D）down", "（E）The image does not feature the object"]
+    header = ["index", "image", "question", "multi-choice options", "A", "B", "C", "D", "E", "answer",
+              "category", "l2-category"]
+    lines = ["\t".join(header),
+             "\t".join(["100", b64(png("yellow")), "How many cars are there?", repr(opts),
+                        *[o[4:] for o in opts], "C", "Perception/Monitoring", "counting"]),
+             "\t".join(["101", b64(png("red")), "Where is the car going?", repr(wide),
+                        *[o[3:] for o in wide], "B", "Perception/Autonomous_Driving", "intention"])]
+    path = tmp_path / "mme_realworld_lite.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    exs = by_id(load_examples(spec("mme_realworld_lite", split="train", path=str(path))))
+    cars, wide_ex = exs["mme_realworld_lite-100"], exs["mme_realworld_lite-101"]
+    assert_canonical(cars, "mme_realworld_lite")
+    assert cars["options"] == ["2", "3", "4", "5", "The image does not feature the object"] and gold_text(cars) == "4"
+    assert wide_ex["options"][:4] == ["left", "right", "up", "down"] and gold_text(wide_ex) == "right"
+
+
+def test_mme_realworld_lite_options_as_prompt_text_or_columns_alone(tmp_path):
+    """VLMEvalKit's in-memory form ('The choices are listed below:\\n(A) ...'), and A-E columns alone."""
+    listed = "The choices are listed below:\n(A) red\n(B) blue\n(C) green\n(D) white\n(E) none"
+    rows = {"index": [1, 2], "question": ["Color?", "Color?"], "multi-choice options": [listed, None],
+            "A": ["red", "cat"], "B": ["blue", "dog"], "C": ["green", None], "D": [None, None], "E": [None, None],
+            "answer": ["B", "A"], "image": [b64(png()), b64(png())]}
+    path = parquet(tmp_path / "lite.parquet", rows, {k: Value("string") for k in rows} | {"index": Value("int64")})
+    exs = by_id(load_examples(spec("mme_realworld_lite", split="train", path=path)))
+    assert exs["mme_realworld_lite-1"]["options"] == ["red", "blue", "green", "white", "none"]
+    assert gold_text(exs["mme_realworld_lite-1"]) == "blue"
+    assert exs["mme_realworld_lite-2"]["options"] == ["cat", "dog"] and gold_text(exs["mme_realworld_lite-2"]) == "cat"
+
+
+def test_mme_realworld_lite_unreadable_options_are_a_counted_skip(tmp_path, caplog):
+    rows = {"index": [1, 2], "question": ["Q?", "Q?"], "multi-choice options": ["['(A) x', '(B) y'", "[1, 2"],
+            "answer": ["A", "A"], "bytes": [b64(png()), b64(png())]}
+    path = parquet(tmp_path / "bad.parquet", rows, {k: Value("string") for k in rows} | {"index": Value("int64")})
+    with pytest.raises(DataError, match="no usable row"):
+        load_examples(spec("mme_realworld_lite", split="train", path=path))
+    assert "is not a list: 2" in skipped_log(caplog)
+
+
+def test_whatsup_coco_qa_and_vg_qa_found_by_id(tmp_path, caplog):
+    """COCO_QA / VG_QA files are lists of [image_id, true caption, false caption]; the release opens
+    val2017/<id, 12 digits>.jpg (COCO) and vg_images/<id>.jpg (VG) under its root."""
+    (tmp_path / "val2017").mkdir()
+    (tmp_path / "vg_images").mkdir()
+    (tmp_path / "val2017" / "000000397133.jpg").write_bytes(png("red"))
+    (tmp_path / "vg_images" / "2345.jpg").write_bytes(png("blue"))
+    coco = write_json(tmp_path / "coco_qa_one_obj.json", [[397133, "A dog on the left", "A dog on the right"],
+                                                          [111, "A cat on the left", "A cat on the right"]])
+    vg = write_json(tmp_path / "vg_qa_two_obj.json", [[2345, "A cup left of a plate", "A cup right of a plate"]])
+    exs = load_examples(spec("whatsup", split="COCO_QA_one_obj", path=coco, image_root=str(tmp_path)))
+    assert [e["id"] for e in exs] == ["whatsup-0"]
+    assert_canonical(exs[0], "whatsup")
+    assert gold_text(exs[0]) == "A dog on the left" and sorted(exs[0]["options"]) == ["A dog on the left", "A dog on the right"]
+    assert decode(exs[0]["image"]).getpixel((0, 0)) == (255, 0, 0)
+    assert "image file not found: 1" in skipped_log(caplog) and "whatsup-1" in skipped_log(caplog)
+    (ex,) = load_examples(spec("whatsup", split="VG_QA_two_obj", path=vg, image_root=str(tmp_path)))
+    assert gold_text(ex) == "A cup left of a plate" and decode(ex["image"]).getpixel((0, 0)) == (0, 0, 255)
+
+
+def test_whatsup_release_loader_image_options_list(tmp_path):
+    """A copy saved from the release's loader: image_options is a list of one image."""
+    rows = {"image_options": [[{"bytes": png("green"), "path": None}], [{"bytes": png(), "path": None}] * 2],
+            "caption_options": [["a mug on a plate", "a mug under a plate"], ["x", "y"]]}
+    path = parquet(tmp_path / "whatsup.parquet", rows,
+                   {"image_options": List(Image()), "caption_options": List(Value("string"))})
+    exs = load_examples(spec("whatsup", split="Controlled_Images_A", path=path))
+    assert [e["id"] for e in exs] == ["whatsup-0"]  # row 1: two images for one caption set
+    assert gold_text(exs[0]) == "a mug on a plate"
+
+
+def test_3dsrbench_names_its_config_and_reads_the_lmms_eval_copy(tmp_path, monkeypatch):
+    import datasets
+
+    rows = {"index": ["Q1"], "question": ["Is the man taller than the lamp?"], "A": ["yes"], "B": ["no"],
+            "C": [None], "D": [None], "answer": ["B"], "category": ["height_higher"],
+            "image": [{"bytes": png("green"), "path": None}]}
+    path = parquet(tmp_path / "3dsr.parquet", rows, {k: Value("string") for k in rows} | {"image": Image()})
+    calls = []
+
+    def fake_load_dataset(path_, name=None, split=None, **kw):
+        calls.append((path_, name, split))
+        return Dataset.from_parquet(path)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    (ex,) = load_examples(spec("3dsrbench", split="test"))
+    assert calls == [("ccvl/3DSRBench", "benchmark", "test")]
+    assert gold_text(ex) == "no" and decode(ex["image"]).getpixel((0, 0)) == (0, 128, 0)
+    load_examples(spec("3dsrbench", split="test", hub_id="oscarqjh/3DSRBench_lmmseval", config="3dsr"))
+    assert calls[-1] == ("oscarqjh/3DSRBench_lmmseval", "3dsr", "test")
+
+
+def test_hub_falls_back_to_the_maintained_mirror(tmp_path, monkeypatch):
+    import datasets
+
+    rows = {"index": [1], "question": ["Which?"], "hint": [None], "A": ["a"], "B": ["b"], "C": [None], "D": [None],
+            "answer": ["B"], "image": [{"bytes": png(), "path": None}]}
+    path = parquet(tmp_path / "dev.parquet", rows, {k: Value("string") for k in rows} | {"index": Value("int64"),
+                                                                                        "image": Image()})
+    calls = []
+
+    def only_the_mirror(path_, name=None, split=None, **kw):
+        calls.append(path_)
+        if not path_.startswith("lmms-lab-encoder/"):
+            raise FileNotFoundError(f"Dataset '{path_}' doesn't exist on the Hub")
+        return Dataset.from_parquet(path)
+
+    monkeypatch.setattr(datasets, "load_dataset", only_the_mirror)
+    (ex,) = load_examples(spec("mmbench", split="dev"))
+    assert calls == ["lmms-lab/MMBench", "lmms-lab-encoder/MMBench"] and ex["answer"] == "B"
+
+    def offline(path_, name=None, split=None, **kw):
+        raise ConnectionError(f"no network for {path_}")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"vstar.*'lmms-lab/vstar-bench': ConnectionError.*"
+                                        r"'lmms-lab-encoder/vstar-bench': ConnectionError"):
+        load_examples(spec("vstar", split="test"))

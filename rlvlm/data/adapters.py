@@ -6,12 +6,16 @@ release) documents, and maps a row to::
     {id, image | images, question, options, answer, source}
 
 `answer` is the gold option letter for multiple-choice sets and the answer text otherwise.
-In production a dataset comes from the hub (`load_dataset(hub_id, config, split=...)`); a recipe's
-`path` reads a local copy in the same schema instead (parquet, JSON/JSONL, CSV/TSV, an imagefolder or
-a `save_to_disk` directory), and `hub_id` points at a mirror. Images are taken as the hub stores them:
-a decoded `datasets.Image`, its `{bytes, path}` struct, raw bytes, a base64 string, a file path
-(relative paths resolve against `image_root`, then the hub repo) or a URL (looked up by file name in
-`image_root` when given, else downloaded once into `$RLVLM_CACHE/images`).
+In production a dataset comes from the hub (`load_dataset(hub_id, config, split=...)`; where the
+maintained copy has moved, the adapter names a mirror that is tried when its hub id cannot be loaded);
+a recipe's `path` reads a local copy instead (parquet, JSON/JSONL, CSV/TSV, an imagefolder or a
+`save_to_disk` directory), and `hub_id` points at another copy. Each adapter reads every copy its card
+lists (the hub's, lmms-eval's, VLMEvalKit's TSV, the original release; docs/data.md). Images are taken
+as the copy stores them: a decoded `datasets.Image`, its `{bytes, path}` struct, raw bytes, a base64
+string, a file path (relative paths resolve against `image_root`, then the hub repo) or a URL (looked up
+by file name in `image_root` when given, else fetched into `$RLVLM_CACHE/images` by
+`rlvlm.data.images.fetch_images`). An example keeps its images as the encoded bytes, checked to decode
+and capped at `max_pixels` (rlvlm.data.images).
 
 A row that cannot be used (no image, an unreadable image, no options for a multiple-choice set, a
 gold answer that is not among the options, ...) is skipped and counted, and the first few ids are
@@ -27,12 +31,12 @@ The recipe form (`data.train` or an entry of `data.eval`)::
 
 from __future__ import annotations
 
+import ast
 import base64
 import binascii
 import glob
 import hashlib
 import functools
-import io
 import json
 import logging
 import math
@@ -40,13 +44,14 @@ import os
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from rewards.options import GoldError, check_example
 from rewards.options import LETTERS as OPTION_LETTERS
 from rewards.options import gold_letter as _canonical_gold_letter
+from rlvlm.data.images import ImageError, checked, encode, fetch_images, main_process_first
 from rlvlm.recipe import DatasetSpec, RecipeError
 
 log = logging.getLogger("rlvlm.data")
@@ -78,6 +83,12 @@ class Adapter:
     multiple_choice: bool = True
     card: str = ""  # where the schema was read
     key: str | Callable[[dict, DatasetSpec], Any] | None = "id"  # the id column; absent/None: row index
+    mirrors: tuple[str, ...] = ()  # hub ids tried in turn when `hub_id` cannot be loaded
+    # raw row -> {image URL: its sha256 or None}: fetched in parallel before the rows are converted
+    image_urls: Callable[[dict], dict[str, str | None]] | None = None
+    # A JSON copy whose items are lists (WhatsUp's COCO_QA / VG_QA): the names of their fields, in order
+    list_fields: tuple[str, ...] | None = None
+    free_form_ok: bool = False  # `free_form: true` turns the set into free-form questions (Geometry3K)
 
     def row_key(self, raw: dict, spec: DatasetSpec) -> Any:
         if self.key is None:
@@ -89,9 +100,9 @@ ADAPTERS: dict[str, Adapter] = {}
 
 
 def register(name: str, hub_id: str | None, *, config: str | None = None, split: str = "test",
-             multiple_choice: bool = True, card: str = "", key: str | Callable | None = "id"):
+             multiple_choice: bool = True, card: str = "", key: str | Callable | None = "id", **more):
     def wrap(fn):
-        ADAPTERS[name] = Adapter(name, fn, hub_id, config, split, multiple_choice, card, key)
+        ADAPTERS[name] = Adapter(name, fn, hub_id, config, split, multiple_choice, card, key, **more)
         return fn
 
     return wrap
@@ -109,6 +120,8 @@ class Row:
     image_root: Path | None
     hub_id: str | None  # where relative image paths are fetched from when not found locally
     rid: str  # the canonical id: `<dataset>-<the row's id, or its index>`
+    max_pixels: int | None = None  # images larger are downscaled (rlvlm.data.images.cap_pixels)
+    fetched: dict = field(default_factory=dict)  # URL -> cached file or ImageError (fetch_images)
 
     def image(self, value: Any):
         return load_image(value, self)
@@ -211,7 +224,7 @@ def example(row: Row, image, question: str, options: list[str], answer: str) -> 
         ex["image"] = image
     if not question:
         raise BadRow("no question")
-    if row.adapter.multiple_choice and not options:
+    if row.adapter.multiple_choice and not row.spec.free_form and not options:
         raise BadRow("no options for a multiple-choice question")
     ex.update(question=question, options=list(options), answer=str(answer), source=row.adapter.name)
     try:
@@ -229,45 +242,51 @@ _B64 = re.compile(r"^[A-Za-z0-9+/=\s]+$")
 _B64_MAGIC = ("iVBORw0KGgo", "/9j/", "R0lGOD", "UklGR", "Qk")  # PNG, JPEG, GIF, WEBP, BMP
 
 
-def load_image(value: Any, row: Row):
-    from PIL import Image, UnidentifiedImageError
-
+def load_image(value: Any, row: Row) -> bytes:
+    """The encoded bytes of a row's image, once they are known to decode (rlvlm.data.images)."""
     if _missing(value):
         raise BadRow("no image")
     try:
-        if isinstance(value, Image.Image):
-            img = value
-        elif isinstance(value, dict):  # datasets.Image(decode=False) storage
-            if value.get("bytes"):
-                img = Image.open(io.BytesIO(value["bytes"]))
-            elif value.get("path"):
-                img = Image.open(_image_file(value["path"], row))
-            else:
-                raise BadRow("no image")
-        elif isinstance(value, (bytes, bytearray, memoryview)):
-            img = Image.open(io.BytesIO(bytes(value)))
-        elif isinstance(value, str):
-            img = Image.open(_image_source(value.strip(), row))
-        else:
-            raise BadRow(f"no image (unsupported value of type {type(value).__name__})")
-        img.load()
-        return img.convert("RGB")
-    except BadRow:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        return checked(_image_bytes(value, row), row.max_pixels)
+    except ImageError as e:
+        raise BadRow(str(e)) from None
+
+
+def _image_bytes(value: Any, row: Row) -> bytes:
+    from PIL import Image
+
+    if isinstance(value, Image.Image):
+        return encode(value)
+    if isinstance(value, dict):  # datasets.Image(decode=False) storage
+        if value.get("bytes"):
+            return value["bytes"]
+        if value.get("path"):
+            return _read(_image_file(value["path"], row))
+        raise BadRow("no image")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return _image_source(value.strip(), row)
+    raise BadRow(f"no image (unsupported value of type {type(value).__name__})")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
         raise BadRow(f"unreadable image ({type(e).__name__})") from None
 
 
-def _image_source(text: str, row: Row):
+def _image_source(text: str, row: Row) -> bytes:
     if text.startswith("data:image"):
-        return io.BytesIO(_b64decode(text.partition(",")[2]))
+        return _b64decode(text.partition(",")[2])
     if text.startswith(("http://", "https://")):
-        return _fetch(text, row)
+        return _read(_fetch(text, row))
     if text.startswith("file://"):
-        return _image_file(text[len("file://"):], row)
+        return _read(_image_file(text[len("file://"):], row))
     if (len(text) > 256 or text.startswith(_B64_MAGIC)) and _B64.match(text):
-        return io.BytesIO(_b64decode(text))
-    return _image_file(text, row)
+        return _b64decode(text)
+    return _read(_image_file(text, row))
 
 
 def _b64decode(text: str) -> bytes:
@@ -314,64 +333,79 @@ def _find_in_root(root: str, name: str) -> Path | None:
     return direct if direct.is_file() else _root_index(root).get(name)
 
 
-def _fetch(url: str, row: Row, sha256: str | None = None):
+def _fetch(url: str, row: Row, sha256: str | None = None) -> Path:
+    """The file of an image URL: found by name in `image_root` when one is given, else the cached
+    download (fetched in parallel with its set's other URLs by `load_adapted`; one not fetched then is
+    fetched now)."""
     name = Path(url.split("?")[0]).name
     if row.image_root is not None:
         found = _find_in_root(str(row.image_root), name)
         if found is None:
             raise BadRow(f"image file not found in image_root: {name}")
         return found
-    from rlvlm.tiny import cache_dir
-
-    cached = cache_dir() / "images" / hashlib.sha256(url.encode()).hexdigest()
-    if not cached.is_file():
-        import httpx
-
-        try:
-            response = httpx.get(url, timeout=30.0, follow_redirects=True)
-            response.raise_for_status()
-        except httpx.HTTPError as e:
-            raise BadRow(f"image download failed ({type(e).__name__})") from None
-        if sha256 and hashlib.sha256(response.content).hexdigest() != sha256:
-            raise BadRow("downloaded image does not match its sha256")
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(response.content)
-        tmp.replace(cached)
-    return cached
+    if url not in row.fetched:
+        row.fetched.update(fetch_images({url: sha256}))
+    got = row.fetched[url]
+    if isinstance(got, ImageError):
+        raise BadRow(str(got))
+    return got
 
 
 # --------------------------------------------------------------------------------------------
 # training sets
 
 
+# The SAT generator appended "in the first frame" to some answer choices; the SAT repository's own
+# loader (custom_datasets/dataloaders.py) removes it before the choices are shown. Removed here from the
+# choices and from the correct answer alike, so that the two still match.
+SAT_ARTEFACT = "in the first frame"
+
+
+def sat_text(text: Any) -> str:
+    return " ".join(str(text).replace(SAT_ARTEFACT, "").split())
+
+
 @register("sat", "array/SAT", split="train",
-          card="array/SAT: image_bytes (list of Image), question, answers (list), correct_answer (text), "
-               "question_type; splits train/static/val/test",
+          card="array/SAT: image_bytes (list of Image: one, or two for questions about motion), question, "
+               "answers (list), correct_answer (text), question_type; splits train/static/val/test. "
+               "lmms-eval's nv-njb/SAT: the same with correct_answer_idx. Both carry the generator's "
+               "'in the first frame' artefact in some answers, removed as the SAT repository does",
           key=None)
 def sat(raw: dict, row: Row) -> dict:
-    images = raw.get("image_bytes") or []
+    images = raw.get("image_bytes") or raw.get("images") or []
     if not isinstance(images, list):
         images = [images]
-    answers = [str(a).strip() for a in (raw.get("answers") or [])]
+    answers = [sat_text(a) for a in (raw.get("answers") or [])]
     if not answers:
         raise BadRow("no options for a multiple-choice question")
-    gold = _text(raw.get("correct_answer"), "gold answer")
-    hits = [i for i, a in enumerate(answers) if _norm(a) == _norm(gold)]
-    if len(hits) != 1:
-        raise BadRow(f"gold {gold!r} not among options")
+    index = raw.get("correct_answer_idx")
+    if isinstance(index, int) and not isinstance(index, bool):
+        if not 0 <= index < len(answers):
+            raise BadRow(f"gold index {index} not among {len(answers)} options")
+        gold = index
+    else:
+        gold = LETTERS.index(gold_letter(answers, sat_text(_text(raw.get("correct_answer"), "gold answer"))))
     # The card asks to randomise the order of `answers` before presenting them as choices.
-    options, letter = shuffled(answers, hits[0], row.shuffle_key())
+    options, letter = shuffled(answers, gold, row.shuffle_key())
     return example(row, [row.image(v) for v in images], _text(raw.get("question"), "question"),
                    options, letter)
 
 
+def _pixmo_urls(raw: dict) -> dict[str, str | None]:
+    url = raw.get("image_url")
+    if isinstance(url, str) and url.startswith(("http://", "https://")):
+        return {url: raw.get("image_sha256") or None}
+    return {}
+
+
 @register("pixmo_count", "allenai/pixmo-count", split="train", multiple_choice=False,
-          card="allenai/pixmo-count: image_url, image_sha256, count, points (x, y), label; images are URLs")
+          card="allenai/pixmo-count: image_url, image_sha256, count, points (x, y), label; images are URLs, "
+               "each checked against its image_sha256",
+          image_urls=_pixmo_urls)
 def pixmo_count(raw: dict, row: Row) -> dict:
     url = raw.get("image_url")
-    if isinstance(url, str) and url.startswith(("http://", "https://")):  # checked against image_sha256
-        image = row.image(str(_fetch(url, row, sha256=raw.get("image_sha256") or None)))
+    if _pixmo_urls(raw):
+        image = row.image(_read(_fetch(url, row, sha256=raw.get("image_sha256") or None)))
     else:  # a copy with the images stored
         image = row.image(raw.get("image") if _missing(url) else url)
     count = raw.get("count")
@@ -382,24 +416,24 @@ def pixmo_count(raw: dict, row: Row) -> dict:
     return example(row, image, question, [], str(int(count)))
 
 
-@register("geometry3k", "hiyouga/geometry3k", split="train", multiple_choice=False,  # choices when given
-          card="hiyouga/geometry3k: images (list of Image), problem (with <image>), answer, id, choices, "
-               "ground_truth (letter)",
-          key="id")
+@register("geometry3k", "hiyouga/geometry3k", split="train",
+          card="hiyouga/geometry3k: images (list of Image), problem (with <image>), answer (the value), id, "
+               "choices (always four), ground_truth (letter). Read as multiple choice with letter answers; "
+               "free_form: true reads it as EasyR1 trains on it, the problem alone with the value as answer",
+          key="id", free_form_ok=True)
 def geometry3k(raw: dict, row: Row) -> dict:
     images = raw.get("images")
     if images is None:
         images = raw.get("image")
     images = images if isinstance(images, list) else [images]
     question = _text(raw.get("problem"), "question").replace("<image>", "").strip()
-    choices = [str(c).strip() for c in (raw.get("choices") or []) if not _missing(c)]
-    if choices:
+    if row.spec.free_form:
+        choices, answer = [], _text(raw.get("answer"), "gold answer")
+    else:
+        choices = [str(c).strip() for c in (raw.get("choices") or []) if not _missing(c)]
         truth = raw.get("ground_truth")
         answer = gold_letter(choices, truth if not _missing(truth) else raw.get("answer"))
-    else:
-        answer = _text(raw.get("answer"), "gold answer")
-    ex = example(row, [row.image(v) for v in images], question, choices, answer)
-    return ex
+    return example(row, [row.image(v) for v in images], question, choices, answer)
 
 
 # --------------------------------------------------------------------------------------------
@@ -423,11 +457,19 @@ def cv_bench(raw: dict, row: Row) -> dict:
                    options, answer)
 
 
-@register("3dsrbench", "ccvl/3DSRBench", split="test",
-          card="ccvl/3DSRBench: index, question, A, B, C, D, answer (letter), category, image_source, "
-               "image_url (COCO; images in coco_images.zip, give image_root); the VLMEvalKit TSVs carry "
-               "a base64 `image` column instead",
-          key="index")
+def _3dsrbench_urls(raw: dict) -> dict[str, str | None]:
+    url = raw.get("image_url")
+    if _missing(raw.get("image")) and isinstance(url, str) and url.startswith(("http://", "https://")):
+        return {url: None}  # COCO gives no checksum
+    return {}
+
+
+@register("3dsrbench", "ccvl/3DSRBench", config="benchmark", split="test",
+          card="ccvl/3DSRBench (config benchmark, its only one): index, question, A, B, C, D, answer "
+               "(letter), category, image_source, image_url (COCO, fetched; or give image_root with "
+               "coco_images.zip unpacked); lmms-eval's oscarqjh/3DSRBench_lmmseval (config 3dsr) and the "
+               "VLMEvalKit TSVs carry the image itself in an `image` column (Image, or base64)",
+          key="index", image_urls=_3dsrbench_urls)
 def threedsrbench(raw: dict, row: Row) -> dict:
     options = letter_columns(raw)
     answer = gold_letter(options, raw.get("answer"))
@@ -439,10 +481,11 @@ def threedsrbench(raw: dict, row: Row) -> dict:
 
 
 @register("mmbench", "lmms-lab/MMBench", config="en", split="dev",
-          card="lmms-lab/MMBench (config en): index, question, hint, A, B, C, D, answer (letter), category, "
-               "image (Image; a base64 string in other copies), source, L2-category, comment, split; the "
-               "test split has no answers",
-          key="index")
+          card="lmms-lab/MMBench (config en; lmms-eval reads the same at lmms-lab-encoder/MMBench since "
+               "2026, tried when lmms-lab/MMBench cannot be loaded): index, question, hint, A, B, C, D, "
+               "answer (letter), category, image (Image; a base64 string in HuggingFaceM4/MMBench and "
+               "VLMEvalKit's TSV), source, L2-category, comment, split; the test split has no answers",
+          key="index", mirrors=("lmms-lab-encoder/MMBench",))
 def mmbench(raw: dict, row: Row) -> dict:
     options = letter_columns(raw)
     answer = gold_letter(options, raw.get("answer"))
@@ -456,14 +499,27 @@ WHATSUP_QUESTION = "Which caption describes the image correctly?"
 
 
 @register("whatsup", None, split="Controlled_Images_A",
-          card="WhatsUp (amitakamath/whatsup_vlms, not on the hub): one JSON per subset "
-               "(Controlled_Images_A/B, COCO_QA_one_obj, ...) of {image_path, caption_options}, the first "
-               "caption correct; hub mirrors store image_options (Image) and caption_options")
+          card="WhatsUp (amitakamath/whatsup_vlms, not on the hub): Controlled_Images_A/B "
+               "(controlled_images_dataset.json, controlled_clevr_dataset.json) are lists of {image_path, "
+               "caption_options}, the first caption correct; COCO_QA / VG_QA (coco_qa_one_obj.json, "
+               "coco_qa_two_obj.json, vg_qa_one_obj.json, vg_qa_two_obj.json) are lists of [image_id, true "
+               "caption, false caption], the image found by id in image_root (COCO: val2017/<id as 12 "
+               "digits>.jpg, VG: vg_images/<id>.jpg); a copy saved from the release's loader has "
+               "image_options (a list of one image) and caption_options",
+          list_fields=("image_id", "true_caption", "false_caption"))
 def whatsup(raw: dict, row: Row) -> dict:
-    captions = [str(c).strip() for c in (raw.get("caption_options") or [])]
-    if len(captions) < 2:
+    if "true_caption" in raw:  # COCO_QA / VG_QA
+        captions = [str(raw.get("true_caption") or "").strip(), str(raw.get("false_caption") or "").strip()]
+        image = _whatsup_image_by_id(raw.get("image_id"), row)
+    else:
+        captions = [str(c).strip() for c in (raw.get("caption_options") or [])]
+        image = next((raw[k] for k in ("image_options", "image", "image_path") if not _missing(raw.get(k))), None)
+        if isinstance(image, list):  # the release's loader returns image_options as [image]
+            if len(image) != 1:
+                raise BadRow(f"{len(image)} images in image_options (WhatsUp has one per caption set)")
+            image = image[0]
+    if len([c for c in captions if c]) < 2:
         raise BadRow("no options for a multiple-choice question")
-    image = next((raw[k] for k in ("image_options", "image", "image_path") if not _missing(raw.get(k))), None)
     gold = 0  # the release lists the correct caption first; mirrors may name it
     for key in ("TARGET", "label", "target"):
         if isinstance(raw.get(key), int) and not isinstance(raw.get(key), bool):
@@ -474,11 +530,24 @@ def whatsup(raw: dict, row: Row) -> dict:
     return example(row, row.image(image), WHATSUP_QUESTION, options, letter)
 
 
+def _whatsup_image_by_id(image_id: Any, row: Row) -> bytes:
+    if _missing(image_id):
+        raise BadRow("no image")
+    if row.image_root is None:
+        raise BadRow("image file not found: COCO_QA / VG_QA images are found by id under image_root")
+    names = [f"{str(image_id).zfill(12)}.jpg", f"{image_id}.jpg"]  # COCO val2017, Visual Genome
+    for name in names:
+        if found := _find_in_root(str(row.image_root), name):
+            return _read(found)
+    raise BadRow(f"image file not found: {' or '.join(names)}")
+
+
 @register("vstar", "lmms-lab/vstar-bench", split="test",
-          card="lmms-lab/vstar-bench: image (Image), text (question with '(A) ...' options), label (letter), "
-               "category, question_id; craigwu/vstar_bench: the same in test_questions.jsonl with image a "
-               "path in the repo",
-          key="question_id")
+          card="lmms-lab/vstar-bench (lmms-eval reads the same at lmms-lab-encoder/vstar-bench since 2026, "
+               "tried when lmms-lab/vstar-bench cannot be loaded): image (Image), text (question with "
+               "'(A) ...' options), label (letter), category, question_id; craigwu/vstar_bench: the same in "
+               "test_questions.jsonl with image a path in the repo",
+          key="question_id", mirrors=("lmms-lab-encoder/vstar-bench",))
 def vstar(raw: dict, row: Row) -> dict:
     text = _text(raw.get("text") or raw.get("question"), "question")
     question, options = inline_options(text)
@@ -486,16 +555,40 @@ def vstar(raw: dict, row: Row) -> dict:
     return example(row, row.image(raw.get("image")), question, options, answer)
 
 
-_PAREN_OPTION = re.compile(r"^\s*\(?[A-J][).:]\s*")
+# "(A) 2", "A. 2", and the full-width "（A）2" that lmms-eval's MME-RealWorld utils turn into "(A)"
+_PAREN_OPTION = re.compile(r"^\s*[(（]?[A-J][)）.:]\s*")
+_MME_OPTIONS = "multi-choice options"
+
+
+def mme_options(raw: dict) -> list[str]:
+    """The options of an MME-RealWorld row, in any copy: a list (the lmms-eval parquet), the same list
+    as its Python repr (VLMEvalKit's mme_realworld_lite.tsv, which VLMEvalKit itself `eval`s), a prompt
+    text listing them ('The choices are listed below:\n(A) ...'), or A-E columns alone."""
+    value = raw.get(_MME_OPTIONS)
+    if value is None:
+        value = raw.get("options")
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            raise BadRow(f"options column {_MME_OPTIONS!r} is not a list") from None
+        if not isinstance(value, list):
+            raise BadRow(f"options column {_MME_OPTIONS!r} is not a list")
+    elif isinstance(value, str) and not _missing(value):
+        value = inline_options(value.replace("（", "(").replace("）", ")"))[1]
+    if isinstance(value, list) and value:
+        return [_PAREN_OPTION.sub("", str(c)).strip() for c in value]
+    return letter_columns(raw, LETTERS[:5])
 
 
 @register("mme_realworld_lite", "yifanzhang114/MME-RealWorld-lite-lmms-eval", split="train",
-          card="yifanzhang114/MME-RealWorld-lite-lmms-eval: index, question, 'multi-choice options' "
-               "(['(A) ...', ...]), answer (letter), bytes (base64 image), category, l2-category",
+          card="yifanzhang114/MME-RealWorld-lite-lmms-eval (lmms-eval's copy): index, question, "
+               "'multi-choice options' (['(A) ...', ...]), answer (letter), bytes (base64 image), category, "
+               "l2-category; VLMEvalKit's mme_realworld_lite.tsv (yifanzhang114/MME-RealWorld-Base64): the "
+               "options as the list's Python repr, A-E columns, image (base64)",
           key="index")
 def mme_realworld_lite(raw: dict, row: Row) -> dict:
-    choices = raw.get("multi-choice options") or raw.get("options") or []
-    options = [_PAREN_OPTION.sub("", str(c)).strip() for c in choices]
+    options = mme_options(raw)
     answer = gold_letter(options, raw.get("answer"))
     image = raw.get("bytes") if not _missing(raw.get("bytes")) else raw.get("image")
     return example(row, row.image(image), _text(raw.get("question"), "question"),
@@ -616,7 +709,9 @@ class JsonRows:
 
 
 def is_custom_json(spec: DatasetSpec) -> bool:
-    if spec.name != "custom" or spec.path is None:
+    """Whether the spec's files are JSON read here rather than by `datasets`: a custom set's, and those of
+    an adapter whose JSON copies may hold lists (`Adapter.list_fields`), which `datasets` cannot read."""
+    if spec.path is None or not (spec.name == "custom" or ADAPTERS[spec.name].list_fields):
         return False
     files = local_files(spec)
     return bool(files) and all(os.path.isfile(f) and Path(f).suffix.lower() in (".json", ".jsonl") for f in files)
@@ -627,7 +722,7 @@ def read_custom_json(spec: DatasetSpec) -> JsonRows:
     rows, where = [], []
     for f in files:
         stat = os.stat(f)
-        r, w = _read_json_file(f, stat.st_mtime_ns, stat.st_size)
+        r, w = _read_json_file(f, stat.st_mtime_ns, stat.st_size, spec.name, ADAPTERS[spec.name].list_fields)
         rows += r
         where += w
     columns = frozenset(k for row in rows for k in row)
@@ -635,30 +730,33 @@ def read_custom_json(spec: DatasetSpec) -> JsonRows:
 
 
 @functools.lru_cache(maxsize=4)  # check_spec reads the file before the model is built; loading reuses it
-def _read_json_file(path: str, mtime_ns: int, size: int) -> tuple[list[dict], list[str]]:
+def _read_json_file(path: str, mtime_ns: int, size: int, name: str = "custom",
+                    list_fields: tuple[str, ...] | None = None) -> tuple[list[dict], list[str]]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"Dataset 'custom': cannot read {path}: {e}.") from None
+        raise DataError(f"Dataset '{name}': cannot read {path}: {e}.") from None
     if not text.strip():
-        raise DataError(f"Dataset 'custom': {path} is empty.")
+        raise DataError(f"Dataset '{name}': {path} is empty.")
     if Path(path).suffix.lower() == ".json":
         try:
             whole = json.loads(text)
         except json.JSONDecodeError as e:
             if e.msg != "Extra data":  # "Extra data": several documents, i.e. JSON Lines in a .json file
-                raise DataError(f"Dataset 'custom': {path} line {e.lineno} is not valid JSON "
+                raise DataError(f"Dataset '{name}': {path} line {e.lineno} is not valid JSON "
                                 f"({e.msg}, column {e.colno}).") from None
         else:
             if isinstance(whole, dict) and isinstance(whole.get("data"), list):
                 whole = whole["data"]
             items = whole if isinstance(whole, list) else [whole]
             for i, item in enumerate(items):
-                if not isinstance(item, dict):
-                    raise DataError(f"Dataset 'custom': {path} item {i + 1} is not a JSON object "
+                if isinstance(item, list) and list_fields and len(item) == len(list_fields):
+                    items[i] = dict(zip(list_fields, item))
+                elif not isinstance(item, dict):
+                    raise DataError(f"Dataset '{name}': {path} item {i + 1} is not a JSON object "
                                     f"(a {type(item).__name__}).")
             if not items:
-                raise DataError(f"Dataset 'custom': {path} is empty.")
+                raise DataError(f"Dataset '{name}': {path} is empty.")
             return items, [f"{path} item {i + 1}" for i in range(len(items))]
     rows, where = [], []
     for n, line in enumerate(text.splitlines(), start=1):
@@ -667,9 +765,11 @@ def _read_json_file(path: str, mtime_ns: int, size: int) -> tuple[list[dict], li
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"Dataset 'custom': {path} line {n} is not valid JSON ({e.msg}, column {e.colno}).") from None
-        if not isinstance(row, dict):
-            raise DataError(f"Dataset 'custom': {path} line {n} is not a JSON object (a {type(row).__name__}).")
+            raise DataError(f"Dataset '{name}': {path} line {n} is not valid JSON ({e.msg}, column {e.colno}).") from None
+        if isinstance(row, list) and list_fields and len(row) == len(list_fields):
+            row = dict(zip(list_fields, row))
+        elif not isinstance(row, dict):
+            raise DataError(f"Dataset '{name}': {path} line {n} is not a JSON object (a {type(row).__name__}).")
         rows.append(row)
         where.append(f"{path} line {n}")
     return rows, where
@@ -701,9 +801,10 @@ def check_spec(spec: DatasetSpec) -> None:
     adapter = ADAPTERS[spec.name]
     if spec.columns and spec.name != "custom":
         raise RecipeError(f"Dataset '{spec.name}': 'columns' applies to name: custom only.")
-    if spec.free_form and spec.name != "custom":
-        raise RecipeError(f"Dataset '{spec.name}': 'free_form' applies to name: custom only "
-                          "(a registered dataset knows whether it has options).")
+    if spec.free_form and not (spec.name == "custom" or adapter.free_form_ok):
+        free = sorted(a.name for a in ADAPTERS.values() if a.free_form_ok)
+        raise RecipeError(f"Dataset '{spec.name}': 'free_form' applies to name: custom and to {', '.join(free)} "
+                          "only (any other registered dataset knows whether it has options).")
     unknown = set(spec.columns) - set(CANONICAL_COLUMNS)
     if unknown:
         raise RecipeError(f"Dataset '{spec.name}': unknown 'columns' key(s) {sorted(unknown)}; "
@@ -732,13 +833,34 @@ def check_spec(spec: DatasetSpec) -> None:
             check_custom_columns(spec, data.columns, ", ".join(local_files(spec)))
 
 
+def hub_ids(spec: DatasetSpec, adapter: Adapter) -> list[str]:
+    """The hub copies tried in turn: the recipe's `hub_id` alone, else the adapter's and its mirrors."""
+    if spec.hub_id:
+        return [spec.hub_id]
+    return [adapter.hub_id, *adapter.mirrors] if adapter.hub_id else []
+
+
+def open_hub(spec: DatasetSpec, adapter: Adapter):
+    """(the split, the hub id it came from): the first of `hub_ids` that loads; a DataError naming every
+    id tried, with its cause, when none does."""
+    from datasets import load_dataset
+
+    failures = []
+    for hub_id in hub_ids(spec, adapter):
+        try:
+            return load_dataset(hub_id, spec.config or adapter.config, split=spec.split), hub_id
+        except Exception as e:  # network, gone, missing split: the next copy, then one message
+            failures.append(f"'{hub_id}': {type(e).__name__}: {e}")
+    raise DataError(f"Dataset '{spec.name}': cannot load split '{spec.split}' from the hub "
+                    f"({'; '.join(failures)})")
+
+
 def open_dataset(spec: DatasetSpec, adapter: Adapter):
     from datasets import load_dataset, load_from_disk
 
+    if spec.path is None:
+        return open_hub(spec, adapter)[0]
     try:
-        if spec.path is None:
-            hub_id = spec.hub_id or adapter.hub_id
-            return load_dataset(hub_id, spec.config or adapter.config, split=spec.split)
         files = local_files(spec)
         if os.path.isdir(files[0]):
             root = Path(files[0])
@@ -752,9 +874,8 @@ def open_dataset(spec: DatasetSpec, adapter: Adapter):
         return load_dataset(_BUILDERS[suffix], data_files={spec.split: files}, split=spec.split, **kwargs)
     except DataError:
         raise
-    except Exception as e:  # network, missing split, bad file: one clear message with the cause
-        where = spec.path if spec.path is not None else f"the hub ('{spec.hub_id or adapter.hub_id}')"
-        raise DataError(f"Dataset '{spec.name}': cannot load split '{spec.split}' from {where}: "
+    except Exception as e:  # missing split, bad file: one clear message with the cause
+        raise DataError(f"Dataset '{spec.name}': cannot load split '{spec.split}' from {spec.path}: "
                         f"{type(e).__name__}: {e}") from None
 
 
@@ -787,24 +908,38 @@ def _raw_rows(ds):
 # the entry point
 
 
-def load_adapted(spec: DatasetSpec) -> list[dict]:
-    """Up to `spec.n` canonical examples, from a seeded permutation of the split's rows."""
+PREFETCH_MARGIN = 0.25  # image URLs fetched up front: those of n x (1 + margin) rows, for the skipped ones
+
+
+def load_adapted(spec: DatasetSpec, max_pixels: int | None = None) -> list[dict]:
+    """Up to `spec.n` canonical examples, from a seeded permutation of the split's rows; images larger
+    than `max_pixels` are downscaled (rlvlm.data.images.cap_pixels)."""
     adapter = ADAPTERS[spec.name]
     check_spec(spec)
-    where: list[str] | None = None
-    if is_custom_json(spec):
-        ds = read_custom_json(spec)
-        raw_row, where = ds.rows.__getitem__, ds.where
-    else:
-        ds = open_dataset(spec, adapter)
-        if spec.name == "custom":
-            source = spec.path if spec.path is not None else f"the hub ('{spec.hub_id}')"
-            check_custom_columns(spec, ds.column_names, str(source))
-        raw_row = _raw_rows(ds)
     image_root = Path(spec.image_root).expanduser() if spec.image_root else None
-    hub_id = (spec.hub_id or adapter.hub_id) if spec.path is None else None
-    order = list(range(len(ds)))
-    random.Random(spec.seed).shuffle(order)
+    where: list[str] | None = None
+    hub_id = None
+    # The local main process opens the split (the hub download) and fetches the images first; the
+    # others then find both in the machine's caches. One such block per dataset on every process.
+    with main_process_first():
+        if is_custom_json(spec):
+            ds = read_custom_json(spec)
+            raw_row, where = ds.rows.__getitem__, ds.where
+        else:
+            if spec.path is None:
+                ds, hub_id = open_hub(spec, adapter)
+            else:
+                ds = open_dataset(spec, adapter)
+            if spec.name == "custom":
+                source = spec.path if spec.path is not None else f"the hub ('{spec.hub_id}')"
+                check_custom_columns(spec, ds.column_names, str(source))
+            raw_row = _raw_rows(ds)
+        order = list(range(len(ds)))
+        random.Random(spec.seed).shuffle(order)
+        fetched: dict = {}
+        if adapter.image_urls is not None and image_root is None:
+            ahead = order[: math.ceil(spec.n * (1 + PREFETCH_MARGIN))]
+            fetched = fetch_images({u: sha for i in ahead for u, sha in adapter.image_urls(raw_row(i)).items()})
 
     examples: list[dict] = []
     skipped: Counter[str] = Counter()
@@ -817,7 +952,7 @@ def load_adapted(spec: DatasetSpec) -> list[dict]:
         raw = raw_row(index)
         key = adapter.row_key(raw, spec)
         rid = f"{adapter.name}-{index if _missing(key) else key}"
-        row = Row(spec, adapter, index, image_root, hub_id, rid)
+        row = Row(spec, adapter, index, image_root, hub_id, rid, max_pixels, fetched)
         try:
             examples.append(adapter.convert(raw, row))
         except BadRow as e:
@@ -844,7 +979,8 @@ def load_adapted(spec: DatasetSpec) -> list[dict]:
 def _reason(message: str) -> str:
     """Group messages by kind for the summary: 'gold 'X' not among options' -> 'gold not among options'."""
     for kind in ("not among options", "disagrees with option", "duplicate option", "is ambiguous", "no options", "unreadable image",
-                 "image file not found", "image download failed", "no image", "not contiguous"):
+                 "image file not found", "image download failed", "does not match its sha256", "no image",
+                 "not contiguous"):
         if kind in message:
             return {"not among options": "gold not among options", "is ambiguous": "gold reads two ways",
                     "disagrees with option": "gold letter and text disagree"}.get(kind, kind)

@@ -25,9 +25,12 @@ def dataset_labels(specs) -> list[str]:
 
 
 def load_eval_sets(recipe) -> dict[str, list[dict]]:
-    from rlvlm.data.load import load_examples
+    from rlvlm.data.load import check_same_items, load_examples
 
-    return {label: load_examples(spec) for label, spec in zip(dataset_labels(recipe.data.eval), recipe.data.eval)}
+    sets = {label: load_examples(spec, max_pixels=recipe.model.max_pixels)
+            for label, spec in zip(dataset_labels(recipe.data.eval), recipe.data.eval)}
+    check_same_items({f"data.eval {label}": examples for label, examples in sets.items()})
+    return sets
 
 
 def resolve_conditions(conditions) -> tuple[str, ...]:
@@ -58,10 +61,18 @@ def prepare_items(eval_sets: dict[str, list[dict]], conditions, seed: int = 0) -
     return items
 
 
-def item_images(item: dict) -> list:
+def stored_images(item: dict) -> list:
+    """An item's images as the example keeps them (encoded bytes, or the generated sets' PIL images)."""
     if item.get("images") is not None:
         return list(item["images"])
     return [item["image"]] if item.get("image") is not None else []
+
+
+def item_images(item: dict) -> list:
+    """An item's images decoded (RGB PIL images), for the batch that uses them."""
+    from rlvlm.data.images import decode
+
+    return [decode(v) for v in stored_images(item)]
 
 
 # ============================================================================ lengths and batches
@@ -71,11 +82,14 @@ def image_token_count(processor, image) -> int:
     """How many tokens `image` becomes in the prompt (Qwen-VL: merged patches, after resizing to the
     processor's pixel limits). Read from the image processor's own arithmetic where it has it, else
     by processing the image."""
+    from rlvlm.data.images import decode, size
+
     image_processor = processor.image_processor
     if hasattr(image_processor, "get_number_of_image_patches"):
-        patches = image_processor.get_number_of_image_patches(image.height, image.width)
+        width, height = size(image)  # from the header: no decoding
+        patches = image_processor.get_number_of_image_patches(height, width)
         return patches // getattr(image_processor, "merge_size", 1) ** 2
-    out = processor(text=[processor.image_token], images=[image], return_tensors="pt")
+    out = processor(text=[processor.image_token], images=[decode(image)], return_tensors="pt")
     return int(out["input_ids"].shape[1])
 
 
@@ -86,7 +100,7 @@ def prompt_lengths(processor, items: list[dict]) -> list[int]:
     per_image: dict[int, int] = {}  # the conditions of one example share its image objects
     lengths = []
     for item, ids in zip(items, text_ids):
-        images = item_images(item)
+        images = stored_images(item)
         extra = 0
         for image in images:
             if id(image) not in per_image:

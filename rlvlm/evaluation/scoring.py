@@ -3,7 +3,7 @@ scorer, the answer letter's probabilities, into one record per (item, response).
 
 from __future__ import annotations
 
-from rlvlm.evaluation.items import own_think
+from rlvlm.evaluation.items import item_images, own_think
 
 
 def load_scorer(section):
@@ -26,14 +26,15 @@ def score(items: list[dict], completions: list[str], probs: list[list[float]], s
     options = [it.get("options") or None for it in items]
     prefixes = [it.get("think_prefix") for it in items]
     correct = accuracy_reward(completions, [it["answer"] for it in items], options=options, think_prefix=prefixes)
+    pictures = [item_images(it) for it in items]  # decoded for this batch only
     consistent = scorer(
         completions,
         options=options,
         think_prefix=prefixes,
         prompts=[it["prompt"] for it in items],
         answer=[it["answer"] for it in items],
-        image=[it.get("image") for it in items],
-        images=[it.get("images") for it in items],
+        image=[decoded[0] if it.get("image") is not None else None for it, decoded in zip(items, pictures)],
+        images=[decoded if it.get("images") is not None else None for it, decoded in zip(items, pictures)],
     )
     records = []
     for it, c, ok, cons, p, opts, prefix in zip(items, completions, correct, consistent, probs, options, prefixes):
