@@ -1,0 +1,93 @@
+"""All processes evaluate and train on the same items (issue 22), with two real processes
+(torch.distributed gloo on 127.0.0.1, CPU, `torch.multiprocessing.spawn`), each with its own image cache
+as two machines would have, loading a Pixmo-Count copy whose images come from a server on 127.0.0.1
+through `load_eval_sets`, where the evaluator loads its sets:
+
+- every image served: both processes hold the same items and go on;
+- one image served once only (the local main process, which fetches first, gets it; the other process's
+  download fails): both processes stop with the same DataError naming the dataset and what each holds,
+  in seconds (a 30 s process-group timeout: a hang would show), instead of scoring completions against
+  misaligned items or waiting in a collective.
+
+The two processes start in ~15-30 s on a busy 2-core machine (each imports torch and datasets)."""
+
+import datetime
+import hashlib
+import json
+import os
+import socket
+import traceback
+
+import pytest
+from datasets import Dataset, Value
+
+from image_server import ImageServer, png  # tests/image_server.py
+
+WORLD = 2
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _pixmo(path, server, prefix: str, files: dict[str, bytes]) -> str:
+    rows = [{"image_url": server.url(f"{prefix}/{name}"), "image_sha256": _sha(data), "count": i + 1,
+             "label": name.split(".")[0]} for i, (name, data) in enumerate(files.items())]
+    Dataset.from_list(rows).cast_column("count", Value("int32")).to_parquet(str(path))
+    return str(path)
+
+
+def _worker(rank: int, port: int, paths: list[str], out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD), OMP_NUM_THREADS="1",
+                      RLVLM_CACHE=os.path.join(out_dir, f"cache{rank}"))  # a machine each
+    import torch.distributed as dist
+
+    from rlvlm.evaluation.items import load_eval_sets
+    from rlvlm.recipe import build_recipe
+
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=30))
+    outcomes = {}  # a hang would end as the process group's timeout, not as the DataError asserted
+    for scenario, path in zip(("all_served", "one_fails_on_one_process"), paths):
+        recipe = build_recipe({"data": {"eval": [{"name": "pixmo_count", "split": "train", "path": path, "n": 10}]}})
+        try:
+            sets = load_eval_sets(recipe)
+            outcomes[scenario] = {"ok": True, "ids": sorted(e["id"] for e in sets["pixmo_count"])}
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            outcomes[scenario] = {"ok": False, "type": type(e).__name__, "message": str(e),
+                                  "traceback": traceback.format_exc()}
+    dist.destroy_process_group()
+    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as f:
+        json.dump(outcomes, f)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.timeout(240)
+def test_a_download_failing_on_one_process_stops_both_with_the_named_mismatch(tmp_path):
+    import torch.multiprocessing as mp
+
+    images = {"apples.png": png("red"), "birds.png": png("blue"), "cars.png": png("green")}
+    files = {f"/{prefix}/{name}": data for prefix in ("ok", "flaky") for name, data in images.items()}
+    with ImageServer(files, once=("/flaky/birds.png",)) as server:
+        paths = [_pixmo(tmp_path / "ok.parquet", server, "/ok", images),
+                 _pixmo(tmp_path / "flaky.parquet", server, "/flaky", images)]
+        mp.spawn(_worker, args=(_free_port(), paths, str(tmp_path)), nprocs=WORLD, join=True)
+        assert server.requests["/flaky/birds.png"] == 1 + 3  # process 0's, then process 1's three tries
+    out = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
+
+    for rank in range(WORLD):
+        ok = out[rank]["all_served"]
+        assert ok["ok"], ok.get("traceback")
+        assert ok["ids"] == ["pixmo_count-0", "pixmo_count-1", "pixmo_count-2"]
+
+    failed = [o["one_fails_on_one_process"] for o in out]
+    for f in failed:
+        assert not f["ok"] and f["type"] == "DataError", f.get("traceback")
+        assert "Dataset 'pixmo_count' (data.eval pixmo_count): the processes loaded different items" in f["message"]
+        assert "process 0: 3 items" in f["message"] and "process 1: 2 items" in f["message"]
+    assert failed[0]["message"] == failed[1]["message"]
