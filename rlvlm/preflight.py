@@ -137,9 +137,16 @@ def reward_call(rows: list[dict]) -> tuple[list, dict]:
             completions.append([{"role": "assistant", "content": text}])
             per_completion.append(row)
     kwargs = {"prompts": [r["prompt"] for r in per_completion], "completion_ids": [[] for _ in per_completion]}
+    from rlvlm.data.images import decode
+
     for key in rows[0]:
         if key not in ("prompt", "completion", "completion_ids"):
             kwargs[key] = [r.get(key) for r in per_completion]
+    # the trainer's dataset decodes its image columns (rlvlm.data.images.image_dataset) as it reads them
+    if "image" in kwargs:
+        kwargs["image"] = [None if v is None else decode(v) for v in kwargs["image"]]
+    if "images" in kwargs:
+        kwargs["images"] = [None if v is None else [decode(x) for x in v] for v in kwargs["images"]]
     kwargs["trainer_state"] = TrainerState()
     return completions, kwargs
 

@@ -113,6 +113,11 @@ def test_multi_image_examples_through_evaluation_and_training_rows():
     ds = image_dataset(rows)
     assert [len(r["images"]) for r in ds] == [2, 1]
     assert ds[0]["images"][1].size == (32, 16) and ds[1]["images"][0].getpixel((0, 0)) == (0, 128, 0)
+    # the preflight calls the rewards with the images as the trainer's dataset gives them: decoded
+    from rlvlm.preflight import reward_call
+
+    _, kwargs = reward_call(rows)
+    assert [[im.size for im in ims] for ims in kwargs["images"]][::2] == [[(16, 12), (32, 16)], [(16, 12)]]
 
 
 @pytest.mark.parametrize("value", [b"not an image", {"bytes": b"\x89PNG broken", "path": None}])
