@@ -803,8 +803,9 @@ def check_spec(spec: DatasetSpec) -> None:
         raise RecipeError(f"Dataset '{spec.name}': 'columns' applies to name: custom only.")
     if spec.free_form and not (spec.name == "custom" or adapter.free_form_ok):
         free = sorted(a.name for a in ADAPTERS.values() if a.free_form_ok)
-        raise RecipeError(f"Dataset '{spec.name}': 'free_form' applies to name: custom and to {', '.join(free)} "
-                          "only (any other registered dataset knows whether it has options).")
+        raise RecipeError(f"Dataset '{spec.name}': 'free_form' applies to name: custom only, and to "
+                          f"{', '.join(free)} (read free-form); any other registered dataset knows whether it "
+                          "has options.")
     unknown = set(spec.columns) - set(CANONICAL_COLUMNS)
     if unknown:
         raise RecipeError(f"Dataset '{spec.name}': unknown 'columns' key(s) {sorted(unknown)}; "
