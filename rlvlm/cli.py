@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("recipe", help="path to the sweep recipe YAML")
     p.add_argument("--output_dir", default=None, help="sweep directory (default: runs/<sweep name>)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each an `rlvlm train` process with "
+                   "an equal share of the CPU threads and its own GPU(s); output in DIR/<config>/seed<N>.log (default 1: "
+                   "one after another in this process)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no printed log lines "
                    "(the logs still reach trainer_state.json and report_to)")
     p.set_defaults(run=_sweep)

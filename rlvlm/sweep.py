@@ -248,9 +248,12 @@ def execute(run: SweepRun, progress: bool) -> None:
     train(recipe, progress=progress)
 
 
-def run_all(runs: list[SweepRun], progress: bool) -> None:
-    """Trains every unfinished run in turn; a run that fails is logged and the others go on."""
+def run_all(runs: list[SweepRun], progress: bool, jobs: int = 1) -> None:
+    """Trains every unfinished run, in turn in this process, or `jobs` at a time as `rlvlm train`
+    subprocesses; a run that fails is logged and the others go on."""
     todo = [r for r in runs if r.state != "finished"]
+    if jobs > 1:
+        return run_concurrently(todo, jobs)
     for i, run in enumerate(todo, 1):
         log.info("sweep [%d/%d] %s: %s", i, len(todo), run.label, describe(run))
         try:
@@ -258,6 +261,72 @@ def run_all(runs: list[SweepRun], progress: bool) -> None:
         except Exception:  # noqa: BLE001 - one broken run does not cost the others
             log.exception("sweep: run %s failed; going on with the others", run.label)
         gc.collect()  # the finished trainer's model and optimizer before the next run's
+
+
+def job_env(slot: int, jobs: int, cpus: int, gpus: list[str]) -> dict[str, str]:
+    """The environment of the job in `slot` (0..jobs-1): an equal share of the CPU threads (torch's
+    intra-op pool spins on its cores, so jobs that together ask for more threads than there are cores
+    slow each other down), and one GPU each when there are at least as many GPUs as jobs (several
+    otherwise, split evenly)."""
+    env = {"OMP_NUM_THREADS": str(max(1, cpus // jobs))}
+    if gpus:
+        share = gpus[slot::jobs] if len(gpus) >= jobs else [gpus[slot % len(gpus)]]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(share)
+    return env
+
+
+def run_concurrently(todo: list[SweepRun], jobs: int) -> None:
+    """`rlvlm train` on each run's resolved recipe, `jobs` at a time; each run's output goes to
+    DIR/<config>/seed<N>.log. Runs sharing a warm-start wait for the first one to build it (its cache
+    lock)."""
+    import os
+    import queue
+    import subprocess
+    import sys
+    import threading
+
+    import yaml
+    from accelerate import PartialState
+
+    if PartialState().num_processes > 1:
+        raise RecipeError("rlvlm sweep --jobs runs its own processes; start it without accelerate launch")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus = visible.split(",") if visible else [str(i) for i in range(_cuda_count())]
+    slots: queue.Queue[int] = queue.Queue()
+    for slot in range(jobs):
+        slots.put(slot)
+
+    def one(i: int, run: SweepRun) -> None:
+        slot = slots.get()
+        try:
+            if run.state == "restart":
+                log.warning("%s: no checkpoint to resume from; the partial run is kept in %s", run.label, set_aside(run.run_dir))
+            recipe_file = run.run_dir.with_name(f"{run.run_dir.name}.recipe.yaml")
+            recipe_file.parent.mkdir(parents=True, exist_ok=True)
+            recipe_file.write_text(yaml.safe_dump(run.recipe.resolved(), sort_keys=False))
+            command = [sys.executable, "-m", "rlvlm", "train", str(recipe_file), "--quiet"]
+            if run.state == "resume":
+                command += ["--resume_from_checkpoint", str(run.checkpoint)]
+            log.info("sweep [%d/%d] %s: %s (job %d)", i, len(todo), run.label, describe(run), slot)
+            with open(run.run_dir.with_name(f"{run.run_dir.name}.log"), "a") as out:
+                code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT,
+                                       env={**os.environ, **job_env(slot, jobs, os.cpu_count() or 1, gpus)})
+            if code != 0:
+                log.error("sweep: run %s failed (exit %d, see %s.log); going on with the others", run.label, code, run.run_dir)
+        finally:
+            slots.put(slot)
+
+    threads = [threading.Thread(target=one, args=(i, run)) for i, run in enumerate(todo, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 # ============================================================================ ablation
@@ -520,13 +589,15 @@ def prepare(sweep_path: str | Path, out_dir: str | Path | None, overrides: dict[
 
 
 def sweep_cli(args, overrides: dict[str, Any]) -> int:
+    if args.jobs < 1:
+        raise RecipeError(f"--jobs must be at least 1, got {args.jobs}")
     spec, out, runs = prepare(args.recipe, args.output_dir, overrides)
     print(f"rlvlm sweep: {spec.name}, {len(runs)} runs in {out}")
     for run in runs:
         print(f"  {run.label:<32} {describe(run)}")
     from accelerate import PartialState
 
-    run_all(runs, progress=not args.quiet)
+    run_all(runs, progress=not args.quiet, jobs=args.jobs)
     state = PartialState()
     state.wait_for_everyone()  # the main process writes each run's final trainer_state.json
     finished = [run for run in runs if is_finished(run)]

@@ -266,6 +266,27 @@ def test_tiny_sweep_trains_skips_and_resumes(tiny_model_path, tmp_path, capsys):
             assert snapshot(run) == before[run]
 
 
+@pytest.mark.slow
+def test_sweep_jobs_train_runs_as_concurrent_processes(tiny_model_path, tmp_path, capsys):
+    """--jobs 2: each run is an `rlvlm train` process with one thread of the two, its output in
+    DIR/<config>/seed<N>.log; the ablation is written over them as over in-process runs."""
+    from rlvlm.cli import main
+
+    sweep = write_sweep(tmp_path / "sweep.yaml", {"baseline": {}, "faithful": {"rewards": FAITHFUL}}, seeds=(0,))
+    out = tmp_path / "out"
+    assert main(["sweep", str(sweep), "--output_dir", str(out), "--max_steps", "2", "--save_steps", "1", "--quiet", "--jobs", "2"]) == 0
+    result = json.loads((out / "ablation.json").read_text())
+    assert [(e["config"], e["seed"]) for e in result["runs"]] == [("baseline", 0), ("faithful", 0)]
+    for config in ("baseline", "faithful"):
+        run = out / config / "seed0"
+        trace = read_jsonl(run / "eval" / "trace.jsonl")
+        assert sorted((r["step"], r["condition"]) for r in trace) == [(s, c) for s in (0, 1, 2) for c in ("base", "wrong_caption")]
+        assert json.loads((run / "trainer_state.json").read_text())["global_step"] == 2
+        gates = [g["name"] for g in yaml.safe_load((run / "recipe.yaml").read_text())["rewards"][0]["gate"]]
+        assert gates == (["consistency"] if config == "faithful" else [])
+        assert (out / config / "seed0.log").is_file()
+
+
 @pytest.mark.parametrize("expect, mean, std, n, expected", [
     (+1, 0.10, 0.02, 3, "reproduced"),
     (+1, 0.10, 0.06, 3, "not reproduced"),  # within 2 std of nothing
@@ -292,3 +313,21 @@ def test_findings_pair_configurations_by_seed_and_read_shortcut_signals():
     runs[("augment_faithful", 3)] = rows({0: {"think_words": 30.0}, 10: {"think_words": 5.0}})  # no faithful seed 3: unpaired
     (effect,) = findings(runs)
     assert (effect["finding"], effect["metric"], effect["values"], effect["verdict"]) == (4, "think_words", [-20.0] * 3, "reproduced")
+
+
+def test_concurrent_jobs_share_the_cores_and_the_gpus():
+    from rlvlm.sweep import job_env
+
+    assert [job_env(slot, 2, 2, []) for slot in (0, 1)] == [{"OMP_NUM_THREADS": "1"}] * 2
+    assert job_env(0, 3, 16, [])["OMP_NUM_THREADS"] == "5"
+    assert job_env(0, 4, 2, [])["OMP_NUM_THREADS"] == "1"  # never zero threads
+    gpus = ["0", "1", "2", "3"]
+    assert [job_env(slot, 2, 16, gpus)["CUDA_VISIBLE_DEVICES"] for slot in (0, 1)] == ["0,2", "1,3"]
+    assert [job_env(slot, 4, 16, gpus)["CUDA_VISIBLE_DEVICES"] for slot in range(4)] == gpus
+    assert [job_env(slot, 3, 16, ["0", "1"])["CUDA_VISIBLE_DEVICES"] for slot in range(3)] == ["0", "1", "0"]
+
+
+def test_jobs_below_one_exit_2(tmp_path, rlvlm_cli):
+    sweep = write_sweep(tmp_path / "sweep.yaml", {"baseline": {}})
+    code, _, err = rlvlm_cli("sweep", str(sweep), "--jobs", "0", "--output_dir", str(tmp_path / "out"))
+    assert code == 2 and "--jobs must be at least 1" in err and not (tmp_path / "out").exists()
