@@ -602,6 +602,9 @@ def test_whatsup_coco_qa_and_vg_qa_found_by_id(tmp_path, caplog):
     (tmp_path / "vg_images").mkdir()
     (tmp_path / "val2017" / "000000397133.jpg").write_bytes(png("red"))
     (tmp_path / "vg_images" / "2345.jpg").write_bytes(png("blue"))
+    # the id spaces overlap: a COCO image numbered as the VG one, a VG image numbered as the missing COCO one
+    (tmp_path / "val2017" / "000000002345.jpg").write_bytes(png("green"))
+    (tmp_path / "vg_images" / "111.jpg").write_bytes(png("green"))
     coco = write_json(tmp_path / "coco_qa_one_obj.json", [[397133, "A dog on the left", "A dog on the right"],
                                                           [111, "A cat on the left", "A cat on the right"]])
     vg = write_json(tmp_path / "vg_qa_two_obj.json", [[2345, "A cup left of a plate", "A cup right of a plate"]])

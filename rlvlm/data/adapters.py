@@ -535,7 +535,11 @@ def _whatsup_image_by_id(image_id: Any, row: Row) -> bytes:
         raise BadRow("no image")
     if row.image_root is None:
         raise BadRow("image file not found: COCO_QA / VG_QA images are found by id under image_root")
-    names = [f"{str(image_id).zfill(12)}.jpg", f"{image_id}.jpg"]  # COCO val2017, Visual Genome
+    # COCO val2017 names are 12 digits, Visual Genome's the bare id: the two id spaces overlap, so a set
+    # named as one of them (its split or file name) looks only for that one's file, never the other's
+    named = [row.spec.split, *(os.path.basename(f) for f in local_files(row.spec))]
+    coco, vg = (any(n.lower().startswith(k) for n in named) for k in ("coco", "vg"))
+    names = [f"{str(image_id).zfill(12)}.jpg"] * (coco or not vg) + [f"{image_id}.jpg"] * (vg or not coco)
     for name in names:
         if found := _find_in_root(str(row.image_root), name):
             return _read(found)
