@@ -7,7 +7,9 @@ through `load_eval_sets`, where the evaluator loads its sets:
 - one image served once only (the local main process, which fetches first, gets it; the other process's
   download fails): both processes stop with the same DataError naming the dataset and what each holds,
   in seconds (a 30 s process-group timeout: a hang would show), instead of scoring completions against
-  misaligned items or waiting in a collective.
+  misaligned items or waiting in a collective;
+- a file that cannot be read: the local main process fails inside the block it runs first, and the other
+  process is released to fail alike rather than left waiting for it.
 
 The two processes start in ~15-30 s on a busy 2-core machine (each imports torch and datasets)."""
 
@@ -48,7 +50,7 @@ def _worker(rank: int, port: int, paths: list[str], out_dir: str) -> None:
 
     dist.init_process_group("gloo", rank=rank, world_size=WORLD, timeout=datetime.timedelta(seconds=30))
     outcomes = {}  # a hang would end as the process group's timeout, not as the DataError asserted
-    for scenario, path in zip(("all_served", "one_fails_on_one_process"), paths):
+    for scenario, path in zip(("all_served", "one_fails_on_one_process", "unreadable_file"), paths):
         recipe = build_recipe({"data": {"eval": [{"name": "pixmo_count", "split": "train", "path": path, "n": 10}]}})
         try:
             sets = load_eval_sets(recipe)
@@ -74,8 +76,9 @@ def test_a_download_failing_on_one_process_stops_both_with_the_named_mismatch(tm
     images = {"apples.png": png("red"), "birds.png": png("blue"), "cars.png": png("green")}
     files = {f"/{prefix}/{name}": data for prefix in ("ok", "flaky") for name, data in images.items()}
     with ImageServer(files, once=("/flaky/birds.png",)) as server:
+        (tmp_path / "broken.parquet").write_bytes(b"not parquet")  # fails inside the main-first block
         paths = [_pixmo(tmp_path / "ok.parquet", server, "/ok", images),
-                 _pixmo(tmp_path / "flaky.parquet", server, "/flaky", images)]
+                 _pixmo(tmp_path / "flaky.parquet", server, "/flaky", images), str(tmp_path / "broken.parquet")]
         mp.spawn(_worker, args=(_free_port(), paths, str(tmp_path)), nprocs=WORLD, join=True)
         assert server.requests["/flaky/birds.png"] == 1 + 3  # process 0's, then process 1's three tries
     out = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(WORLD)]
@@ -91,3 +94,10 @@ def test_a_download_failing_on_one_process_stops_both_with_the_named_mismatch(tm
         assert "Dataset 'pixmo_count' (data.eval pixmo_count): the processes loaded different items" in f["message"]
         assert "process 0: 3 items" in f["message"] and "process 1: 2 items" in f["message"]
     assert failed[0]["message"] == failed[1]["message"]
+
+    # the local main process fails inside the block it runs first: the other one is not left waiting for
+    # it (a process-group timeout), it reads the file in its turn and stops with the same error
+    for o in out:
+        broken = o["unreadable_file"]
+        assert not broken["ok"] and broken["type"] == "DataError", broken.get("traceback")
+        assert "Dataset 'pixmo_count': cannot load split 'train'" in broken["message"]

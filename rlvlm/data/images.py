@@ -85,19 +85,30 @@ def fetch_images(sources: dict[str, str | None], workers: int = DOWNLOAD_WORKERS
     return results
 
 
+@contextlib.contextmanager
 def main_process_first():
     """accelerate's `local_main_process_first` when several processes run (torch.distributed is
     initialised): the local main process runs the block first, the others after it, once per machine.
-    A no-op in one process. Every process must enter it the same number of times."""
+    A no-op in one process. Every process must enter it the same number of times. An exception in the
+    block is raised once the block's closing barrier is passed (accelerate's skips it when the main
+    process raises, leaving the others waiting in the opening one while it goes on to other collectives)."""
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return contextlib.nullcontext()
+        yield
+        return
     from accelerate import PartialState
 
     from rlvlm.recipe import gpu_available
 
-    return PartialState(cpu=not gpu_available()).local_main_process_first()
+    failure = None
+    with PartialState(cpu=not gpu_available()).local_main_process_first():
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - raised again below, after the barrier
+            failure = e
+    if failure is not None:
+        raise failure
 
 
 # ------------------------------------------------------------------------------------ bytes <-> image
