@@ -247,7 +247,7 @@ def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None
 
     from rlvlm.composition import bind_policy, load_rewards
     from rlvlm.data.images import image_dataset
-    from rlvlm.data.load import check_same_items, load_examples
+    from rlvlm.data.load import load_same_items
     from rlvlm.finetune import freeze_vision_tower, peft_config
     from rlvlm.models import resolve_model, warm_start_model
     from rlvlm.prefill import ensure_prefill
@@ -260,8 +260,8 @@ def build_trainer(recipe: Recipe, progress: bool = True, resume_from: str | None
     default_wandb_shared(config.report_to, recipe)
     reward_funcs, weights = load_rewards(recipe.rewards)
     config.reward_weights = weights
-    examples = load_examples(recipe.data.train, max_pixels=recipe.model.max_pixels)
-    check_same_items({"data.train": examples})  # every process trains on the same items, or all stop
+    # every process trains on the same items, or all stop with the same error
+    examples = load_same_items({"data.train": recipe.data.train}, max_pixels=recipe.model.max_pixels)["data.train"]
     rows = training_rows(recipe, examples, config)
     # The data is there and the model is not: a reward that fails on a few of its rows stops the run
     # now (exit 2, traceback in RUN_DIR/preflight_error.txt), not after the model is built.

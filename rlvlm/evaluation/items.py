@@ -25,12 +25,14 @@ def dataset_labels(specs) -> list[str]:
 
 
 def load_eval_sets(recipe) -> dict[str, list[dict]]:
-    from rlvlm.data.load import check_same_items, load_examples
+    """{label: examples} of every eval set; the same items on every process, or the same error on all
+    (also when a set fails to load on some processes only: see rlvlm.data.load.load_same_items)."""
+    from rlvlm.data.load import load_same_items
 
-    sets = {label: load_examples(spec, max_pixels=recipe.model.max_pixels)
-            for label, spec in zip(dataset_labels(recipe.data.eval), recipe.data.eval)}
-    check_same_items({f"data.eval {label}": examples for label, examples in sets.items()})
-    return sets
+    labels = dataset_labels(recipe.data.eval)
+    sets = load_same_items({f"data.eval {label}": spec for label, spec in zip(labels, recipe.data.eval)},
+                           max_pixels=recipe.model.max_pixels)
+    return {label: sets[f"data.eval {label}"] for label in labels}
 
 
 def resolve_conditions(conditions) -> tuple[str, ...]:
