@@ -173,10 +173,10 @@ def rlvlm_trainer(recipe):
 def plain_trainer(recipe, path: str):
     """The same run, written against TRL alone: the recipe's reward functions and weights, its
     GRPOConfig, the same rows; TRL loads the model and processor from the same directory."""
-    from datasets import Dataset
     from trl import GRPOTrainer
 
     from rewards import REWARDS
+    from rlvlm.data.images import image_dataset
     from rlvlm.data.load import load_examples
     from rlvlm.train import grpo_rows
 
@@ -189,7 +189,7 @@ def plain_trainer(recipe, path: str):
         model=path,
         reward_funcs=[REWARDS[spec.name] for spec in recipe.rewards],
         args=config,
-        train_dataset=Dataset.from_list(rows),
+        train_dataset=image_dataset(rows),  # images stay encoded, typed datasets.Image, as rlvlm's trainer has them
     )
 
 

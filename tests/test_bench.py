@@ -104,6 +104,26 @@ def test_plain_trl_side_is_the_same_run(model_dir, tmp_path):
     assert not any(type(cb).__name__ == "EvalCallback" for cb in ours.callback_handler.callbacks)
 
 
+def test_plain_trl_side_reads_encoded_images_as_images(model_dir, tmp_path, monkeypatch):
+    """A real dataset's examples hold their images as encoded bytes: the plain side's rows type them
+    datasets.Image (decoded as read), as rlvlm's trainer does, not as a binary column."""
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    from rlvlm.data import load
+    from rlvlm.data.images import encode
+
+    real = load.load_examples
+
+    def encoded(spec, max_pixels=None):
+        return [{**ex, "image": encode(ex["image"])} for ex in real(spec, max_pixels)]
+
+    monkeypatch.setattr(load, "load_examples", encoded)
+    plain = bench.plain_trainer(bench.bench_recipe(TINY, tmp_path), model_dir)
+    assert isinstance(plain.train_dataset.features["image"], ImageFeature)
+    assert isinstance(plain.train_dataset[0]["image"], Image.Image)
+
+
 def test_plain_trl_side_refuses_gated_rewards(model_dir, tmp_path):
     with pytest.raises(ValueError, match="no gates"):
         bench.plain_trainer(bench.bench_recipe(TINY, tmp_path, bench.WITH_COUNTERFACTUAL), model_dir)
