@@ -85,17 +85,22 @@ def normalize_text(text: str) -> str:
 _OPTION_PREFIX_RE = re.compile(r"\(?([A-Z])[.:)]\s+|\(([A-Z])\)\s*")
 
 
+def strip_own_letter(option, index: int) -> str:
+    """The option's text (stripped) without the letter prefix it carries for its own position: "B. red"
+    or "(B) red" at index 1 -> "red". A prefix of another letter ("A: red" at index 1) is part of the
+    text and stays, as does a letter that would be the whole text ("(B)")."""
+    s = str(option).strip()
+    m = _OPTION_PREFIX_RE.match(s)
+    if m is not None and (m.group(1) or m.group(2)) == LETTERS[index % 26] and m.end() < len(s):
+        return s[m.end() :]
+    return s
+
+
 @lru_cache(maxsize=4096)
 def _options_info(options: tuple) -> tuple[int, tuple[str, ...], dict[str, int]]:
     """(number of options, normalised texts, normalised text -> index; -1 when two
     options share a text)."""
-    norms = []
-    for i, opt in enumerate(options):
-        s = str(opt)
-        m = _OPTION_PREFIX_RE.match(s.strip())
-        if m is not None and (m.group(1) or m.group(2)) == LETTERS[i % 26] and m.end() < len(s.strip()):
-            s = s.strip()[m.end() :]
-        norms.append(normalize_text(s))
+    norms = [normalize_text(strip_own_letter(opt, i)) for i, opt in enumerate(options)]
     lookup: dict[str, int] = {}
     for i, s in enumerate(norms):
         if not s:

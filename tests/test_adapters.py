@@ -401,6 +401,20 @@ def test_mme_realworld_lite(tmp_path):
     assert exs[0]["options"][:2] == ["2", "3"] and len(exs[0]["options"]) == 5 and gold_text(exs[0]) == "4"
 
 
+def test_mme_realworld_lite_strips_only_an_options_own_letter(tmp_path):
+    """A prefix is the option's letter only when it is the letter of its position (the gold rule's reading,
+    rewards.options): an unprefixed option that starts like one ("A: ..." third) keeps its text."""
+    opts = ["north", "(B) south", "A: the side of car A", "D. west", "E:none"]
+    rows = {"index": [7], "question": ["Which way?"], "multi-choice options": [opts], "answer": ["C"],
+            "bytes": [b64(png("yellow"))]}
+    path = parquet(tmp_path / "lite.parquet", rows, {
+        "index": Value("int64"), "question": Value("string"), "multi-choice options": List(Value("string")),
+        "answer": Value("string"), "bytes": Value("string")})
+    ex = load_examples(spec("mme_realworld_lite", split="train", path=path))[0]
+    assert ex["options"] == ["north", "south", "A: the side of car A", "west", "E:none"]
+    assert gold_text(ex) == "A: the side of car A"
+
+
 # ---------------------------------------------------------------------------------- Spatial-MM
 
 

@@ -51,6 +51,7 @@ from typing import Any, Callable
 from rewards.options import GoldError, check_example
 from rewards.options import LETTERS as OPTION_LETTERS
 from rewards.options import gold_letter as _canonical_gold_letter
+from rewards.options import strip_own_letter
 from rlvlm.data.images import ImageError, checked, encode, fetch_images, main_process_first
 from rlvlm.recipe import DatasetSpec, RecipeError
 
@@ -559,8 +560,6 @@ def vstar(raw: dict, row: Row) -> dict:
     return example(row, row.image(raw.get("image")), question, options, answer)
 
 
-# "(A) 2", "A. 2", and the full-width "（A）2" that lmms-eval's MME-RealWorld utils turn into "(A)"
-_PAREN_OPTION = re.compile(r"^\s*[(（]?[A-J][)）.:]\s*")
 _MME_OPTIONS = "multi-choice options"
 
 
@@ -581,7 +580,9 @@ def mme_options(raw: dict) -> list[str]:
     elif isinstance(value, str) and not _missing(value):
         value = inline_options(value.replace("（", "(").replace("）", ")"))[1]
     if isinstance(value, list) and value:
-        return [_PAREN_OPTION.sub("", str(c)).strip() for c in value]
+        # "(A) 2", "A. 2", and the full-width "（A）2" that lmms-eval's MME-RealWorld utils turn into
+        # "(A)": the prefix of the option's own letter only, as the gold rule reads it
+        return [strip_own_letter(str(c).replace("（", "(").replace("）", ")"), i) for i, c in enumerate(value)]
     return letter_columns(raw, LETTERS[:5])
 
 
