@@ -259,6 +259,8 @@ def ship(recipe_path: str, dest: Path = SHIPPED, progress: bool = True) -> Path:
         target.mkdir(parents=True, exist_ok=True)
         for name in SHIPPED_FILES:
             shutil.copy2(out / name, target / name)
+        info = json.loads((target / "rlvlm_warm_start.json").read_text())
+        (target / "rlvlm_warm_start.json").write_text(json.dumps({**info, "base": base.name}))  # not this machine's path
     return target
 
 

@@ -433,3 +433,54 @@ def test_report_to_wandb_without_a_key_runs_offline_with_the_evaluator_tables(ti
     [run] = (tmp_path / "wandb").glob("offline-run-*")
     assert list(run.glob("run-*.wandb"))
     assert list((run / "files" / "media" / "table" / "eval" / "shapes" / "base").glob("samples_*.table.json"))
+
+
+def test_the_embedded_default_uses_the_shipped_warm_start_without_building(tiny_model_path, monkeypatch):
+    """The main job's warm-start ships with rlvlm (rlvlm/warm_starts, named by its cache key): from an
+    empty cache it is installed, weights byte for byte, and no SFT runs; it then loads and generates."""
+    from rlvlm import warmstart
+    from rlvlm.recipe import load_recipe
+
+    section = load_recipe(RECIPE).warm_start
+    shipped = warmstart.shipped_warm_start(warmstart.warm_start_dir(tiny_model_path, section))
+    assert shipped is not None, "rlvlm/warm_starts lacks the warm-start of recipes/tiny-shapes.yaml: ship it"
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the shipped warm-start was not used")
+
+    monkeypatch.setattr(warmstart, "_build", no_build)
+    out = warmstart.warm_start(tiny_model_path, section, progress=False)
+    assert (out / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
+    assert warmstart.warm_start(tiny_model_path, section, progress=False) == out  # now cached
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    processor = AutoProcessor.from_pretrained(out)
+    ex = shapes.generate_examples("eval", 1)[0]
+    text = processor.apply_chat_template(perturb(ex, "base", 0)["prompt"], add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], images=[ex["image"]], return_tensors="pt")
+    generated = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert processor.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=False).startswith("<think>")
+
+
+@pytest.mark.slow
+def test_ship_rebuilds_a_warm_start_from_scratch_into_the_shipped_folder(tmp_path, rlvlm_cache, monkeypatch):
+    """`python -m rlvlm.warmstart RECIPE`: builds the recipe's warm-start (never reusing a cache), writes
+    it under its cache key, drops shipped copies of other keys, and a run with that section installs it."""
+    from rlvlm import warmstart
+    from rlvlm.recipe import load_recipe
+    from rlvlm.tiny import build_tiny
+
+    recipe = tmp_path / "small.yaml"
+    recipe.write_text(yaml.safe_dump({"base": str(RECIPE), "name": "small",
+                                      "warm_start": {"vision_steps": 2, "n_examples": 32, "epochs": 0.5, "batch_size": 16}}))
+    dest = tmp_path / "warm_starts"
+    (dest / "tiny-sft-stale").mkdir(parents=True)
+    shipped = warmstart.ship(str(recipe), dest, progress=False)
+    assert [p.name for p in dest.iterdir()] == [shipped.name]
+    assert sorted(p.name for p in shipped.iterdir()) == sorted(warmstart.SHIPPED_FILES)
+    section = load_recipe(recipe).warm_start
+    base = build_tiny(seed=0, progress=False)
+    assert shipped.name == warmstart.warm_start_dir(base, section).name
+
+    monkeypatch.setattr(warmstart, "SHIPPED", dest)
+    out = warmstart.warm_start(base, section, progress=False)
+    assert (out / "model.safetensors").read_bytes() == (shipped / "model.safetensors").read_bytes()
