@@ -221,6 +221,7 @@ def test_local_engine_calls_vllm_llm_as_documented(tiny, tmp_path, monkeypatch, 
             completions = greedy_on_ids(tiny[0], processor, ids, images, sampling_params.kwargs["max_tokens"])
             return [types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=c)]) for c in completions]
 
+    import trl  # noqa: F401 - TRL reads vllm's module spec when first imported; the stand-in has none
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
     evaluator = Evaluator.from_recipe(one_batch_recipe(), processor)
     reference = evaluator.run(model, step=0)
