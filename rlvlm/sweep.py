@@ -283,7 +283,7 @@ def run_concurrently(todo: list[SweepRun], jobs: int) -> None:
     import queue
     import subprocess
     import sys
-    import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     import yaml
     from accelerate import PartialState
@@ -316,11 +316,8 @@ def run_concurrently(todo: list[SweepRun], jobs: int) -> None:
         finally:
             slots.put(slot)
 
-    threads = [threading.Thread(target=one, args=(i, run)) for i, run in enumerate(todo, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        list(pool.map(one, range(1, len(todo) + 1), todo))
 
 
 def _cuda_count() -> int:
